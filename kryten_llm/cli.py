@@ -1,0 +1,89 @@
+"""The `kryten-llm` command: run the service, check a config, or run the offline demo.
+
+Every failure an operator can cause (a missing file, bad JSON, an invalid field) ends in a
+readable message and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kryten_llm import __version__
+from kryten_llm.config import ConfigError, load_settings
+from kryten_llm.logsetup import setup_logging
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kryten-llm",
+        description="An in-character LLM chat bot for CyTube channels on the Kryten NATS bus.",
+    )
+    parser.add_argument("--version", action="version", version=f"kryten-llm {__version__}")
+    parser.add_argument("--config", type=Path, help="JSON config file (default: embedded)")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="default INFO (WARNING for the demo, so the chat stays readable)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="run everything but post nothing; log each line"
+    )
+    parser.add_argument(
+        "--validate-config", action="store_true", help="check the config, report, and exit"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", help="run the service (the default)")
+    demo = sub.add_parser(
+        "demo", help="start a local NATS server, the bot and a scripted chat, and show it talk"
+    )
+    demo.add_argument("--lines", type=int, default=8, help="how many scripted chat lines")
+    return parser
+
+
+def validate_config(path: Path | None) -> int:
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return EXIT_CONFIG
+    source = str(path) if path else "(embedded defaults)"
+    channels = ", ".join(f"{c.domain}/{c.channel}" for c in settings.channels)
+    providers = ", ".join(
+        f"{name} ({p.type}, {p.model})" for name, p in settings.llm_providers.items() if p.enabled
+    )
+    print(f"Configuration {source} is valid.")
+    print(f"  channels:  {channels}")
+    print(f"  providers: {providers}")
+    print(f"  triggers:  {len(settings.triggers)}")
+    print(f"  dry run:   {settings.testing.dry_run}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.validate_config:
+        return validate_config(args.config)
+    log_level = args.log_level or ("WARNING" if args.command == "demo" else "INFO")
+    setup_logging(log_level)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return EXIT_CONFIG
+    if args.dry_run:
+        settings.testing.dry_run = True
+    if args.command == "demo":
+        from kryten_llm.demo import run_demo
+
+        return asyncio.run(run_demo(settings, log_level, lines=args.lines))
+    from kryten_llm.service import run_service
+
+    return asyncio.run(run_service(settings, log_level))

@@ -1,0 +1,96 @@
+"""What the bot remembers of each room: the video playing, recent chat, its talks with users.
+
+Everything is keyed by channel so two channels never mix, and every collection is bounded:
+chat history is a fixed-size deque, and per-user conversations are capped in count (LRU) and
+in length, so memory does not grow with the number of users ever seen.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from kryten_llm.config import ContextSettings
+from kryten_llm.types import ChatLine, MediaChange
+
+CONVERSATION_EXCHANGES_MAX = 5
+CONVERSATIONS_PER_CHANNEL_MAX = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One question to the bot and its answer."""
+
+    user_message: str
+    bot_reply: str
+
+
+@dataclass
+class ChannelContext:
+    """The remembered state of one channel."""
+
+    video: MediaChange | None = None
+    chat: deque[tuple[str, str]] = field(default_factory=deque)
+    conversations: OrderedDict[str, deque[Exchange]] = field(default_factory=OrderedDict)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextSnapshot:
+    """An immutable view handed to the prompt builder (later chat cannot change it)."""
+
+    video: MediaChange | None
+    chat: tuple[tuple[str, str], ...]
+    conversation: tuple[Exchange, ...]
+
+
+class ContextManager:
+    """Per-channel memory, fed by the dispatcher and read by the prompt builder."""
+
+    def __init__(self, settings: ContextSettings) -> None:
+        self.settings = settings
+        self._channels: dict[str, ChannelContext] = {}
+
+    def reconfigure(self, settings: ContextSettings) -> None:
+        """Apply new sizes while keeping what is remembered (trimmed if the new size is less)."""
+        self.settings = settings
+        for ctx in self._channels.values():
+            ctx.chat = deque(ctx.chat, maxlen=settings.chat_history_size)
+
+    def _channel(self, channel: str) -> ChannelContext:
+        key = channel.lower()
+        ctx = self._channels.get(key)
+        if ctx is None:
+            ctx = ChannelContext(chat=deque(maxlen=self.settings.chat_history_size))
+            self._channels[key] = ctx
+        return ctx
+
+    def add_chat(self, line: ChatLine) -> None:
+        self._channel(line.channel).chat.append((line.username, line.text))
+
+    def add_bot_line(self, channel: str, bot_name: str, text: str) -> None:
+        self._channel(channel).chat.append((bot_name, text))
+
+    def set_video(self, media: MediaChange) -> None:
+        self._channel(media.channel).video = media
+
+    def video(self, channel: str) -> MediaChange | None:
+        return self._channel(channel).video
+
+    def add_exchange(self, channel: str, username: str, user_message: str, reply: str) -> None:
+        conversations = self._channel(channel).conversations
+        key = username.lower()
+        history = conversations.pop(key, None) or deque(maxlen=CONVERSATION_EXCHANGES_MAX)
+        history.append(Exchange(user_message, reply))
+        conversations[key] = history
+        while len(conversations) > CONVERSATIONS_PER_CHANNEL_MAX:
+            conversations.popitem(last=False)
+
+    def snapshot(self, channel: str, username: str) -> ContextSnapshot:
+        """The context for a reply to `username`, taken before its message joins the history.
+
+        Taken at decision time so a slow reply is not written against chat that came later,
+        and so the message being answered (carried separately) does not appear twice.
+        """
+        ctx = self._channel(channel)
+        conversation = tuple(ctx.conversations.get(username.lower(), ()))
+        return ContextSnapshot(video=ctx.video, chat=tuple(ctx.chat), conversation=conversation)

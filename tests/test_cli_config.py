@@ -1,0 +1,165 @@
+"""`--validate-config` and config loading: clear reports, right exit codes, no secrets shown."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kryten_llm.config import ConfigError, build_settings, load_settings, redact
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config.example.json"
+SECRET = "sk-live-THIS-MUST-NEVER-BE-PRINTED"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("KRYTEN_LLM_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "kryten_llm", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=full_env,
+    )
+
+
+def write(tmp_path: Path, content: object) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_example_config_is_valid() -> None:
+    result = run_cli("--validate-config", "--config", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_embedded_defaults_are_valid() -> None:
+    result = run_cli("--validate-config")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({"nats": {"connect_timeout_seconds": "soon"}}, "nats.connect_timeout_seconds"),
+        ({"cytube": [{"domain": "cytu.be", "channel": ""}]}, "cytube.0.channel"),
+        (
+            {"llm_providers": {"main": {"base_url": "ftp://nope", "api_key": SECRET}}},
+            "llm_providers.main.base_url",
+        ),
+        ({"llm_providers": {"main": {"api_key": 12345678}}}, "llm_providers.main.api_key"),
+        ({"triggers": [{"name": "t"}]}, "triggers.0.patterns: required field is missing"),
+        ({"triggers": [{"name": "t", "patterns": ["re:(x"]}]}, "invalid regular expression"),
+        ({"rate_limts": {}}, "rate_limts: Extra inputs are not permitted"),
+        ({"llm_providers": {}}, "at least one provider must be enabled"),
+        ([1, 2], "must be a JSON object"),
+        ("{not json", "invalid JSON at line 1 column 2"),
+    ],
+)
+def test_broken_configs_are_reported_clearly(
+    tmp_path: Path, content: object, expected: str
+) -> None:
+    result = run_cli("--validate-config", "--config", str(write(tmp_path, content)))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert expected in output, output
+    assert "Traceback" not in output
+    assert SECRET not in output and "12345678" not in output
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    missing = run_cli("--validate-config", "--config", str(tmp_path / "nope.json"))
+    assert missing.returncode != 0 and "file not found" in missing.stderr
+    directory = run_cli("--validate-config", "--config", str(tmp_path))
+    assert directory.returncode != 0 and "is a directory" in directory.stderr
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(b"\xff\xfe\x00\x01")
+    unreadable = run_cli("--validate-config", "--config", str(binary))
+    assert unreadable.returncode != 0 and "cannot be read" in unreadable.stderr
+    for result in (missing, directory, unreadable):
+        assert "Traceback" not in result.stderr
+
+
+def test_run_with_a_broken_config_exits_cleanly(tmp_path: Path) -> None:
+    result = run_cli("--config", str(write(tmp_path, "{")))
+    assert result.returncode != 0 and "invalid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_env_overrides_the_file_and_secrets_come_from_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path,
+        {
+            "nats": {"url": "nats://file:4222"},
+            "llm_providers": {"main": {"api_key_env": "MY_LLM_KEY"}},
+        },
+    )
+    monkeypatch.setenv("KRYTEN_LLM_NATS_URL", "nats://env:4222")
+    monkeypatch.setenv("KRYTEN_LLM_TESTING_DRY_RUN", "true")
+    monkeypatch.setenv("KRYTEN_LLM_MESSAGE_PROCESSING_MAX_MESSAGE_LENGTH", "120")
+    monkeypatch.setenv("MY_LLM_KEY", SECRET)
+    settings = load_settings(path)
+    assert settings.nats.url == "nats://env:4222"
+    assert settings.testing.dry_run is True
+    assert settings.message_processing.max_message_length == 120
+    assert settings.llm_providers["main"].resolve_api_key() == SECRET
+    assert SECRET not in repr(settings)
+
+
+def test_env_override_errors_name_the_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KRYTEN_LLM_MESSAGE_PROCESSING_MAX_MESSAGE_LENGTH", "tiny")
+    with pytest.raises(ConfigError) as err:
+        build_settings({}, "test")
+    report = err.value.report()
+    assert "message_processing.max_message_length" in report
+    assert "KRYTEN_LLM_MESSAGE_PROCESSING_MAX_MESSAGE_LENGTH" in report
+
+
+def test_single_channel_or_list() -> None:
+    one = build_settings({"cytube": {"domain": "d", "channel": "c", "username": "u"}}, "t")
+    many = build_settings(
+        {
+            "cytube": [
+                {"domain": "d", "channel": "c", "username": "u"},
+                {"domain": "e", "channel": "c", "username": "u"},
+            ]
+        },
+        "t",
+    )
+    assert len(one.channels) == 1 and len(many.channels) == 2
+    with pytest.raises(ConfigError, match="listed twice"):
+        build_settings(
+            {"cytube": [{"domain": "d", "channel": "C"}, {"domain": "d", "channel": "c"}]}, "t"
+        )
+
+
+def test_comments_are_allowed() -> None:
+    settings = build_settings({"_comment": "hi", "nats": {"_comment": "x"}}, "t")
+    assert settings.nats.url
+
+
+def test_redact_hides_secret_looking_keys_at_any_depth() -> None:
+    data = {
+        "api_key": "k",
+        "nested": [{"token": "t", "password": "p"}],
+        "api_key_env": "NAME",
+        "model": "m",
+    }
+    assert redact(data) == {
+        "api_key": "***redacted***",
+        "nested": [{"token": "***redacted***", "password": "***redacted***"}],
+        "api_key_env": "NAME",
+        "model": "m",
+    }
