@@ -1,0 +1,241 @@
+"""Rank registry: who is a moderator, per channel, learned from the bridge.
+
+CyTube's chatMsg carries no rank, but the rate limiter and spam guard need one (moderators get
+shorter cooldowns and are never treated as spammers). Ranks arrive as user-list events (see
+`/work/shared/kryten-protocol.md` §1) and live in the bridge's KV bucket (§4):
+
+- `addUser` `{"name", "rank", ...}`: a user joined (or re-sent);
+- `userlist` `[{"name", "rank", ...}, ...]`: the whole list, sent on join: replaces the channel;
+- `setUserRank` `{"name", "rank"}`: a promotion or demotion;
+- `userLeave` `{"name"}`: the user is forgotten, so memory follows the room, not history;
+- KV `kryten_{channel}_userlist` key `users`: the same list, read once at startup.
+
+Interface::
+
+    registry = RankRegistry()
+    await load_ranks_from_kv(nc, "lounge", registry, timeout_seconds=5)
+    registry.apply_event("lounge", event_name, payload)   # for every user-list event
+    registry.rank_of("lounge", "Alice")                   # 0.0 if unknown; may be 1.5
+
+Names and channels compare case-insensitively. Payloads come off the bus and are treated as
+untrusted: anything malformed is logged (at most one warning a minute) and ignored, entry by
+entry, never raised. Memory is bounded per channel and in channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+
+log = logging.getLogger(__name__)
+
+MAX_USERS_PER_CHANNEL = 20_000
+MAX_CHANNELS = 1_000
+MAX_NAME_CHARS = 64
+WARNING_INTERVAL_SECONDS = 60.0
+USERLIST_KEY = "users"
+
+Clock = Callable[[], float]
+
+
+class MalformedPayload(ValueError):
+    """A user-list payload that does not have the shape CyTube sends."""
+
+
+def _parse_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_CHARS:
+        raise MalformedPayload(f"bad name {str(value)[:40]!r}")
+    return value.strip()
+
+
+def _parse_rank(value: Any) -> float:
+    # bool is an int in Python; a rank of True is not something CyTube sends.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedPayload(f"bad rank {str(value)[:40]!r}")
+    rank = float(value)
+    if not math.isfinite(rank):
+        raise MalformedPayload(f"bad rank {value!r}")
+    return rank
+
+
+def _parse_user(entry: Any) -> tuple[str, float]:
+    if not isinstance(entry, dict):
+        raise MalformedPayload(f"user entry is {type(entry).__name__}, not an object")
+    return _parse_name(entry.get("name")), _parse_rank(entry.get("rank"))
+
+
+class RankRegistry:
+    """Per-channel map of lowercased user name to CyTube rank (see the module docstring)."""
+
+    def __init__(
+        self, max_users_per_channel: int = MAX_USERS_PER_CHANNEL, clock: Clock = time.monotonic
+    ) -> None:
+        self._channels: dict[str, dict[str, float]] = {}
+        self._max_users = max_users_per_channel
+        self._clock = clock
+        self._last_warning: float | None = None
+        self.malformed = 0
+        """How many payloads or entries were ignored as malformed (for health and tests)."""
+
+    def rank_of(self, channel: str, username: str) -> float:
+        """The user's rank in this channel; 0.0 (guest) when unknown."""
+        users = self._channels.get(channel.lower())
+        if users is None:
+            return 0.0
+        return users.get(username.strip().lower(), 0.0)
+
+    def user_count(self, channel: str) -> int:
+        return len(self._channels.get(channel.lower(), {}))
+
+    def forget_channel(self, channel: str) -> None:
+        self._channels.pop(channel.lower(), None)
+
+    def apply_event(self, channel: str, event_name: str, payload: Any) -> bool:
+        """Apply one bridge event; True if it was a user-list event that was understood.
+
+        Other events are ignored silently; malformed user-list events are logged and ignored.
+        """
+        handler = self._handlers().get(event_name.lower())
+        if handler is None:
+            return False
+        try:
+            handler(channel, payload)
+        except MalformedPayload as exc:
+            self._warn(f"ignored malformed {event_name} in {channel!r}: {exc}")
+            return False
+        return True
+
+    def _handlers(self) -> dict[str, Callable[[str, Any], None]]:
+        return {
+            "adduser": self._on_add_or_rank,
+            "setuserrank": self._on_add_or_rank,
+            "userleave": self._on_leave,
+            "userlist": self._on_userlist,
+        }
+
+    def _on_add_or_rank(self, channel: str, payload: Any) -> None:
+        name, rank = _parse_user(payload)
+        self._set(channel, name, rank)
+
+    def _on_leave(self, channel: str, payload: Any) -> None:
+        if not isinstance(payload, dict):
+            raise MalformedPayload(f"payload is {type(payload).__name__}, not an object")
+        name = _parse_name(payload.get("name"))
+        users = self._channels.get(channel.lower())
+        if users is not None:
+            users.pop(name.lower(), None)
+
+    def _on_userlist(self, channel: str, payload: Any) -> None:
+        if not isinstance(payload, list):
+            raise MalformedPayload(f"payload is {type(payload).__name__}, not a list")
+        self._replace(channel, payload)
+
+    def load_userlist(self, channel: str, users: bytes | str | list[Any]) -> int:
+        """Replace a channel's ranks from a user list (KV bytes, JSON text or parsed list).
+
+        Returns how many users were loaded; malformed JSON or entries are logged and skipped.
+        """
+        if isinstance(users, bytes | str):
+            try:
+                users = json.loads(users)
+            except (ValueError, UnicodeDecodeError) as exc:
+                self._warn(f"user list for {channel!r} is not JSON: {type(exc).__name__}")
+                return 0
+        if not isinstance(users, list):
+            self._warn(f"user list for {channel!r} is {type(users).__name__}, not a list")
+            return 0
+        return self._replace(channel, users)
+
+    def _replace(self, channel: str, entries: list[Any]) -> int:
+        fresh: dict[str, float] = {}
+        bad = 0
+        for entry in entries:
+            try:
+                name, rank = _parse_user(entry)
+            except MalformedPayload:
+                bad += 1
+                continue
+            fresh[name.lower()] = rank
+        if bad:
+            self._warn(f"skipped {bad} malformed entr(ies) in the user list for {channel!r}")
+        while len(fresh) > self._max_users:
+            fresh.pop(next(iter(fresh)))
+        if channel.lower() in self._channels or len(self._channels) < MAX_CHANNELS:
+            self._channels[channel.lower()] = fresh
+        else:
+            self._warn(f"too many channels tracked; ignoring ranks for {channel!r}")
+            return 0
+        return len(fresh)
+
+    def _set(self, channel: str, name: str, rank: float) -> None:
+        users = self._channels.get(channel.lower())
+        if users is None:
+            if len(self._channels) >= MAX_CHANNELS:
+                self._warn(f"too many channels tracked; ignoring ranks for {channel!r}")
+                return
+            users = self._channels.setdefault(channel.lower(), {})
+        key = name.lower()
+        users.pop(key, None)  # re-insert at the end: the oldest arrivals are evicted first
+        users[key] = rank
+        while len(users) > self._max_users:
+            users.pop(next(iter(users)))
+
+    def _warn(self, message: str) -> None:
+        """Count every problem; log at most one warning a minute so a bad feed cannot flood."""
+        self.malformed += 1
+        now = self._clock()
+        if self._last_warning is None or now - self._last_warning >= WARNING_INTERVAL_SECONDS:
+            self._last_warning = now
+            log.warning("ranks: %s (%d problem(s) so far)", message, self.malformed)
+        else:
+            log.debug("ranks: %s", message)
+
+
+def userlist_bucket(channel: str) -> str:
+    """The bridge's KV bucket for a channel's user list (raw channel case, no domain)."""
+    return f"kryten_{channel}_userlist"
+
+
+async def load_ranks_from_kv(
+    nc: NatsClient, channel: str, registry: RankRegistry, timeout_seconds: float
+) -> int:
+    """Seed `registry` from the bridge's KV user list; returns how many users were loaded.
+
+    Never raises for expected trouble: a missing bucket or key (bridge not running yet, or
+    JetStream off) is logged at info; a timeout, bad channel name or NATS error at warning.
+    Either way events keep the registry current from then on.
+    """
+    bucket = userlist_bucket(channel)
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            kv = await nc.jetstream().key_value(bucket)
+            entry = await kv.get(USERLIST_KEY)
+    except nats.js.errors.BucketNotFoundError:
+        log.info("ranks: no KV bucket %s yet; ranks will come from user-list events", bucket)
+        return 0
+    except nats.js.errors.KeyNotFoundError:
+        log.info("ranks: KV bucket %s has no %r key yet", bucket, USERLIST_KEY)
+        return 0
+    except nats.js.errors.InvalidBucketNameError:
+        log.warning("ranks: channel %r cannot name a KV bucket; skipping the KV load", channel)
+        return 0
+    except TimeoutError:
+        log.warning("ranks: reading KV bucket %s timed out after %.1f s", bucket, timeout_seconds)
+        return 0
+    except nats.errors.Error as exc:
+        log.warning("ranks: reading KV bucket %s failed: %s", bucket, type(exc).__name__)
+        return 0
+    if not entry.value:
+        return 0
+    loaded = registry.load_userlist(channel, entry.value)
+    log.info("ranks: loaded %d user(s) for %r from KV", loaded, channel)
+    return loaded

@@ -1,0 +1,306 @@
+"""ResponseLog: every record lands, rotation by size, secrets scrubbed, the loop never waits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kryten_llm.config import ResponseLogSettings
+from kryten_llm.response_log import (
+    REDACTED,
+    ResponseLog,
+    ResponseLogError,
+    ResponseRecord,
+    SecretScrubber,
+)
+from kryten_llm.types import Attempt
+
+
+def settings(tmp_path: Path, **overrides: Any) -> ResponseLogSettings:
+    return ResponseLogSettings(path=tmp_path / "logs" / "responses.jsonl", **overrides)
+
+
+def record(i: int = 0, **overrides: Any) -> ResponseRecord:
+    fields: dict[str, Any] = {
+        "channel": "lounge",
+        "username": f"user{i}",
+        "message": f"hey bot, message number {i}",
+        "outcome": "sent",
+        "trigger_type": "mention",
+        "trigger_name": "mention",
+        "correlation_id": f"id-{i}",
+        "provider": "local",
+        "model": "llama3.2",
+        "attempts": (Attempt("local", "ok", 120.5),),
+        "latency_ms": 120.5,
+        "parts": ("a reply",),
+    }
+    fields.update(overrides)
+    return ResponseRecord(**fields)
+
+
+def read_all(path: Path) -> list[dict[str, Any]]:
+    """Every record in the file and its rotated siblings, oldest file first."""
+    files = sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.suffix[1:]))
+    rows = []
+    for file in [*files, path]:
+        if file.exists():
+            rows += [json.loads(line) for line in file.read_text("utf-8").splitlines()]
+    return rows
+
+
+async def test_record_fields_are_written_as_one_json_line(tmp_path: Path) -> None:
+    log = ResponseLog(settings(tmp_path))
+    await log.start()
+    assert log.write(record(7, dry_run=True, outcome="dry_run", prompt_tokens=12, cost_usd=0.01))
+    await log.close()
+    [row] = read_all(log.path)
+    assert next(iter(row)) == "timestamp"
+    stamp = datetime.fromisoformat(row["timestamp"])
+    assert stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0
+    assert row["attempts"] == [{"provider": "local", "outcome": "ok", "latency_ms": 120.5}]
+    assert row["parts"] == ["a reply"]
+    assert (row["outcome"], row["dry_run"], row["prompt_tokens"], row["cost_usd"]) == (
+        "dry_run",
+        True,
+        12,
+        0.01,
+    )
+    assert row["completion_tokens"] is None
+    assert log.stats()["written"] == 1
+
+
+async def test_many_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    log = ResponseLog(settings(tmp_path, queue_size=100_000))
+    await log.start()
+
+    async def writer(w: int) -> None:
+        for i in range(100):
+            assert log.write(record(w * 1000 + i))
+            if i % 7 == 0:
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(writer(w) for w in range(50)))
+    await log.close()
+    ids = [row["correlation_id"] for row in read_all(log.path)]
+    assert sorted(ids) == sorted(f"id-{w * 1000 + i}" for w in range(50) for i in range(100))
+
+
+async def test_files_rotate_at_the_size_with_handler_style_names(tmp_path: Path) -> None:
+    log = ResponseLog(settings(tmp_path, max_bytes=2000, backup_count=3))
+    await log.start()
+    for i in range(200):
+        log.write(record(i))
+    await log.close()
+    path = log.path
+    names = sorted(p.name for p in path.parent.iterdir())
+    assert names == [
+        "responses.jsonl",
+        "responses.jsonl.1",
+        "responses.jsonl.2",
+        "responses.jsonl.3",
+    ]
+    for file in path.parent.iterdir():
+        assert 0 < file.stat().st_size <= 2000
+    rows = read_all(path)
+    assert rows[-1]["correlation_id"] == "id-199", "the newest record is in the live file"
+    ids = [int(r["correlation_id"][3:]) for r in rows]
+    assert ids == list(range(ids[0], 200)), "the kept records are the newest, in order"
+    assert ids[0] > 0, "the oldest records were rotated away"
+
+
+async def test_backup_count_zero_keeps_only_the_live_file(tmp_path: Path) -> None:
+    log = ResponseLog(settings(tmp_path, max_bytes=1000, backup_count=0))
+    await log.start()
+    for i in range(50):
+        log.write(record(i))
+    await log.close()
+    assert [p.name for p in log.path.parent.iterdir()] == ["responses.jsonl"]
+    assert log.path.stat().st_size <= 1000
+
+
+async def test_a_single_record_larger_than_max_bytes_is_still_written(tmp_path: Path) -> None:
+    log = ResponseLog(settings(tmp_path, max_bytes=100, backup_count=2))
+    await log.start()
+    log.write(record(1, message="x" * 500))
+    log.write(record(2, message="y" * 500))
+    await log.close()
+    assert [r["correlation_id"] for r in read_all(log.path)] == ["id-1", "id-2"]
+
+
+@pytest.mark.parametrize(
+    "leak",
+    [
+        "sk-proj-AbCdEf0123456789ghIJkl",
+        "sk-ant-api03-abcdefghijklmnopqrstuvwxyz",
+        "Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig",
+        "AIzaSyA-1234567890abcdefghijklmnopqrstu",
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        "api_key=abcd1234efgh",
+        'password: "hunter2hunter2"',
+    ],
+)
+async def test_key_shaped_strings_are_scrubbed_everywhere(tmp_path: Path, leak: str) -> None:
+    log = ResponseLog(settings(tmp_path))
+    await log.start()
+    log.write(
+        record(
+            1,
+            message=f"my key is {leak} ok",
+            reason=f"provider said {leak}",
+            parts=(f"here: {leak}",),
+            attempts=(Attempt("local", f"http_401 {leak}", 3.0),),
+        )
+    )
+    await log.close()
+    text = log.path.read_text("utf-8")
+    secret_part = leak.split()[-1].split("=")[-1].strip('"')
+    assert secret_part not in text
+    assert REDACTED in text
+    assert "my key is" in text, "the rest of the message survives"
+
+
+async def test_configured_secret_values_are_scrubbed(tmp_path: Path) -> None:
+    current = ["plainsecretvalue", "abc"]  # "abc" is too short to search for
+    log = ResponseLog(settings(tmp_path), secrets=lambda: current)
+    await log.start()
+    log.write(record(1, message="leaking plainsecretvalue here, abc"))
+    await log.close()
+    row = read_all(log.path)[0]
+    assert row["message"] == f"leaking {REDACTED} here, abc"
+
+
+async def test_a_failing_secrets_source_still_scrubs_key_shapes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> list[str]:
+        raise RuntimeError("config reload in progress")
+
+    log = ResponseLog(settings(tmp_path), secrets=broken)
+    await log.start()
+    log.write(record(1, message="sk-abcdefghijklmnopqrstuvwx"))
+    await log.close()
+    assert read_all(log.path)[0]["message"] == REDACTED
+    assert "secrets source failed" in caplog.text
+
+
+def test_scrubber_leaves_ordinary_chat_alone() -> None:
+    scrubber = SecretScrubber(["hunter2secret"])
+    for text in ["task-force-assemble-everyone-now", "Basic instinct is a movie", "bearer bonds"]:
+        assert scrubber.scrub_text(text) == text
+
+
+class SlowLog(ResponseLog):
+    """A disk that takes a long time per batch, to prove the loop never waits on it."""
+
+    delay_seconds = 0.3
+
+    def _write_batch(self, batch: list[ResponseRecord], secrets: list[str]) -> None:
+        time.sleep(self.delay_seconds)  # runs in the worker thread
+        super()._write_batch(batch, secrets)
+
+
+async def test_a_slow_disk_never_blocks_the_loop(tmp_path: Path) -> None:
+    log = SlowLog(settings(tmp_path))
+    await log.start()
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(ticker())
+    started = time.monotonic()
+    for i in range(300):
+        log.write(record(i))
+        await asyncio.sleep(0)
+    assert time.monotonic() - started < 0.25, "write() only enqueues"
+    await asyncio.sleep(0.6)
+    stop.set()
+    await task
+    assert ticks >= 10, "the loop kept running while the disk was busy"
+    await log.close()
+    assert len(read_all(log.path)) == 300
+
+
+async def test_a_full_queue_drops_with_one_rate_limited_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = SlowLog(settings(tmp_path, queue_size=5))
+    await log.start()
+    with caplog.at_level(logging.WARNING, logger="kryten_llm.response_log"):
+        accepted = sum(log.write(record(i)) for i in range(100))
+    assert accepted < 100
+    assert log.stats()["dropped"] == 100 - accepted
+    warnings = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "queue is full" in warnings[0].getMessage()
+    await log.close()
+    assert len(read_all(log.path)) == accepted
+
+
+async def test_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory should be")
+    log = ResponseLog(ResponseLogSettings(path=blocker / "responses.jsonl"))
+    with pytest.raises(ResponseLogError, match="cannot open response log"):
+        await log.start()
+    await log.close()
+
+
+async def test_disk_errors_mid_run_are_logged_and_survived(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = ResponseLog(settings(tmp_path, max_bytes=500, backup_count=1))
+    await log.start()
+    # A directory where the backup must go makes every rotation fail.
+    (log.path.parent / "responses.jsonl.1").mkdir()
+    (log.path.parent / "responses.jsonl.1" / "keep").write_text("x")
+    for i in range(20):
+        log.write(record(i))
+        await asyncio.sleep(0.01)
+    await log.close()
+    assert log.stats()["write_errors"] >= 1
+    assert "failed" in caplog.text
+    assert log.write(record(99)) is False, "closed logs drop"
+
+
+async def test_hostile_text_stays_one_valid_line(tmp_path: Path) -> None:
+    nasty = "line1\nline2\r\n\u2028\u2029\x00\x1b[31m\ud800 /clear <script>"
+    log = ResponseLog(settings(tmp_path))
+    await log.start()
+    log.write(record(1, message=nasty, username=nasty, latency_ms=float("nan")))
+    log.write(record(2, cost_usd=float("inf")))
+    await log.close()
+    raw = log.path.read_bytes().split(b"\n")
+    assert len([line for line in raw if line]) == 2
+    rows = read_all(log.path)
+    assert rows[0]["latency_ms"] is None
+    assert rows[1]["cost_usd"] is None
+    assert rows[0]["message"].startswith("line1\nline2")
+
+
+async def test_disabled_log_writes_nothing(tmp_path: Path) -> None:
+    log = ResponseLog(settings(tmp_path, enabled=False))
+    await log.start()
+    assert log.write(record(1)) is False
+    await log.close()
+    assert not log.path.parent.exists()
+
+
+async def test_close_before_start_and_double_close_are_harmless(tmp_path: Path) -> None:
+    log = ResponseLog(settings(tmp_path))
+    log.write(record(1))
+    await log.close()
+    await log.close()
+    assert not log.path.exists()
