@@ -20,7 +20,9 @@ from tests.support.nats_server import free_port
 Behaviour = Callable[[dict[str, Any]], Awaitable[web.StreamResponse]]
 
 
-def completion(text: str | None, *, model: str = "fake-model", usage: bool = True) -> dict[str, Any]:
+def completion(
+    text: str | None, *, model: str = "fake-model", usage: bool = True
+) -> dict[str, Any]:
     """An OpenAI chat.completion body with `text` as the assistant message."""
     body: dict[str, Any] = {
         "id": "chatcmpl-test",

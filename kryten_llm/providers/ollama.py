@@ -1,0 +1,128 @@
+"""Ollama's native API: POST `{base}/api/chat`, streamed as newline-delimited JSON.
+
+The native API (rather than Ollama's OpenAI shim) is what exposes `keep_alive` and
+`options.num_predict`. Works against a local or a remote server, over http or https; a bearer
+key is sent if configured, for servers behind an authenticating proxy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from kryten_llm.providers.base import (
+    Provider,
+    StreamItem,
+    StreamUsage,
+    as_dict,
+    int_or_none,
+    strip_suffix,
+)
+from kryten_llm.providers.openai_compatible import chat_messages
+from kryten_llm.types import LLMRequest, LLMResult
+
+
+class OllamaProvider(Provider):
+    """`message.content` from `/api/chat`; tokens from `prompt_eval_count` / `eval_count`."""
+
+    @property
+    def root(self) -> str:
+        # The shared default base_url is the OpenAI-style `.../v1`; the native API sits above.
+        return strip_suffix(self.settings.base_url, "/v1", "/api")
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **self.settings.extra_headers}
+        key = self.settings.resolve_api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def models_url(self) -> str:
+        return f"{self.root}/api/tags"
+
+    def model_listed(self, data: Any) -> bool | None:
+        models = data.get("models") if isinstance(data, dict) else None
+        if not isinstance(models, list):
+            return None
+        wanted = {self.model, f"{self.model}:latest"}
+        return any(
+            isinstance(m, dict) and (m.get("name") in wanted or m.get("model") in wanted)
+            for m in models
+        )
+
+    def payload(self, request: LLMRequest, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": chat_messages(request),
+            "stream": stream,
+            "options": {
+                "num_predict": request.max_tokens or self.settings.max_tokens,
+                "temperature": (
+                    request.temperature
+                    if request.temperature is not None
+                    else self.settings.temperature
+                ),
+            },
+        }
+        if self.settings.keep_alive is not None:
+            body["keep_alive"] = self.settings.keep_alive
+        return body
+
+    async def complete(
+        self, session: aiohttp.ClientSession, request: LLMRequest, timeout_seconds: float
+    ) -> LLMResult:
+        started = time.perf_counter()
+        data = await self._post_json(
+            session,
+            f"{self.root}/api/chat",
+            self.payload(request, stream=False),
+            self.headers(),
+            timeout_seconds,
+        )
+        if "error" in data:
+            raise self._embedded_error(data["error"])
+        message = as_dict(data.get("message"))
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise self._error("empty", "response has no message content")
+        return LLMResult(
+            text=content,
+            provider=self.name,
+            model=str(data.get("model") or self.model),
+            latency_ms=self._elapsed_ms(started),
+            prompt_tokens=int_or_none(data.get("prompt_eval_count")),
+            completion_tokens=int_or_none(data.get("eval_count")),
+        )
+
+    async def stream(
+        self, session: aiohttp.ClientSession, request: LLMRequest, timeout_seconds: float
+    ) -> AsyncIterator[StreamItem]:
+        usage: StreamUsage | None = None
+        async with self._stream_response(
+            session,
+            f"{self.root}/api/chat",
+            self.payload(request, stream=True),
+            self.headers(),
+            timeout_seconds,
+        ) as resp:
+            async for chunk in self._ndjson(resp, timeout_seconds):
+                if "error" in chunk:
+                    raise self._embedded_error(chunk["error"])
+                message = chunk.get("message")
+                content = message.get("content") if isinstance(message, dict) else None
+                if isinstance(content, str) and content:
+                    yield content
+                if chunk.get("done") is True:
+                    model = chunk.get("model")
+                    usage = StreamUsage(
+                        int_or_none(chunk.get("prompt_eval_count")),
+                        int_or_none(chunk.get("eval_count")),
+                        model if isinstance(model, str) else None,
+                    )
+                    break
+        if usage is None:
+            raise self._error("stream_cut", "stream ended without done=true", retryable=True)
+        yield usage
