@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="start a local NATS server, the bot and a scripted chat, and show it talk"
     )
     demo.add_argument("--lines", type=int, default=8, help="how many scripted chat lines")
+    stats = sub.add_parser("stats", help="summarise a JSONL response log")
+    stats.add_argument("logfile", type=Path)
+    stats.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw charts")
+    stats.add_argument(
+        "--rotated", action="store_true", help="include rotated files (LOGFILE.1, .2, ...)"
+    )
     return parser
 
 
@@ -71,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.validate_config:
         return validate_config(args.config)
+    if args.command == "stats":
+        from kryten_llm.stats import run_stats
+
+        return run_stats(args.logfile, args.plot, sys.stdout, include_rotated=args.rotated)
     log_level = args.log_level or ("WARNING" if args.command == "demo" else "INFO")
     setup_logging(log_level)
     try:

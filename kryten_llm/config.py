@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -378,6 +379,15 @@ class MessageProcessingSettings(Section):
     def _artifact_patterns_compile(cls, value: list[str]) -> list[str]:
         return _check_regexes(value)
 
+    @field_validator("continuation_indicator")
+    @classmethod
+    def _indicator_stable(cls, value: str) -> str:
+        # The guard publishes NFKC text: an indicator that NFKC changes ("…" -> "...") would
+        # change length after the limit was checked.
+        if unicodedata.normalize("NFKC", value) != value or not value.isprintable():
+            raise ValueError("must be printable and NFKC-normalised (use '...' not '…')")
+        return value
+
 
 DEFAULT_ARTIFACT_PATTERNS: tuple[str, ...] = (
     r"^(?:sure|certainly|of course|absolutely|okay|ok)\b[!,.]?\s*here(?:'s|’s| is| are)\b"
@@ -504,6 +514,47 @@ class ListenerSettings(Section):
     ignored_users: list[str] = Field(default_factory=list)
 
 
+class ServiceSettings(Section):
+    """How the service announces itself on the bus and how long a shutdown may take."""
+
+    heartbeat_interval_seconds: Annotated[int, Field(ge=5, le=60)] = Field(
+        10,
+        description="Seconds between heartbeats, both kryten-py's lifecycle heartbeat and "
+        "`kryten.service.heartbeat`; the bridge marks a service stale after 90 s without one.",
+    )
+    shutdown_grace_seconds: Annotated[float, Field(ge=0, le=60)] = Field(
+        5.0,
+        description="How long replies in flight may finish on shutdown; keep it well below "
+        "systemd's TimeoutStopSec.",
+    )
+    instance_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = Field(
+        None, description="Tells several instances apart; unset means `<hostname>-<pid>`."
+    )
+
+
+class MetricsSettings(Section):
+    """The HTTP endpoint with Prometheus `/metrics` and JSON `/health`."""
+
+    enabled: bool = True
+    host: Annotated[str, Field(min_length=1)] = Field(
+        "127.0.0.1", description="Loopback by default: metrics are not for the internet."
+    )
+    port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        28290, description="0 picks a free port (tests)."
+    )
+
+
+class ControlSettings(Section):
+    """The NATS micro service (`nats micro ls`) with status/health/reload/pause/resume."""
+
+    enabled: bool = True
+    token: SecretStr | None = Field(
+        None,
+        description="Required by reload/pause/resume (header `Authorization: Bearer <token>` "
+        "or a `token` field in the JSON body); unset refuses them all.",
+    )
+
+
 def _default_providers() -> dict[str, ProviderSettings]:
     return {"local": ProviderSettings()}
 
@@ -537,14 +588,15 @@ class Settings(BaseSettings):
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     spam: SpamSettings = Field(default_factory=SpamSettings)
     response_log: ResponseLogSettings = Field(default_factory=ResponseLogSettings)
-    message_processing: MessageProcessingSettings = Field(
-        default_factory=MessageProcessingSettings
-    )
+    message_processing: MessageProcessingSettings = Field(default_factory=MessageProcessingSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     testing: TestingSettings = Field(default_factory=TestingSettings)
     context: ContextSettings = Field(default_factory=ContextSettings)
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -571,6 +623,13 @@ class Settings(BaseSettings):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"triggers: duplicate trigger names {duplicates}")
+        for name, provider in self.llm_providers.items():
+            unknown = [f for f in provider.fallback if f not in self.llm_providers]
+            if unknown:
+                raise ValueError(f"llm_providers: {name!r} falls back to unknown {unknown}")
+        cheaper = self.usage.cheaper_provider
+        if cheaper and cheaper not in self.llm_providers:
+            raise ValueError(f"usage: cheaper_provider {cheaper!r} is not a configured provider")
         for trigger in self.triggers:
             if trigger.provider and trigger.provider not in self.llm_providers:
                 raise ValueError(
@@ -659,7 +718,9 @@ def strip_comments(value: Any) -> Any:
 def build_settings(data: dict[str, Any], source: str) -> Settings:
     """Validate a parsed config (plus env overrides), or raise ConfigError with every problem."""
     if not isinstance(data, dict):
-        raise ConfigError(source, [f"(top level): must be a JSON object, got {type(data).__name__}"])
+        raise ConfigError(
+            source, [f"(top level): must be a JSON object, got {type(data).__name__}"]
+        )
     try:
         return Settings(**strip_comments(data))
     except ValidationError as exc:

@@ -7,11 +7,20 @@ in length, so memory does not grow with the number of users ever seen.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from kryten_llm.config import ContextSettings
+import nats.errors
+from nats.aio.client import Client as NatsClient
+
+from kryten_llm.config import ChannelSettings, ContextSettings
+from kryten_llm.events import MalformedEvent, parse_media
 from kryten_llm.types import ChatLine, MediaChange
+
+log = logging.getLogger(__name__)
 
 CONVERSATION_EXCHANGES_MAX = 5
 CONVERSATIONS_PER_CHANNEL_MAX = 500
@@ -94,3 +103,27 @@ class ContextManager:
         ctx = self._channel(channel)
         conversation = tuple(ctx.conversations.get(username.lower(), ()))
         return ContextSnapshot(video=ctx.video, chat=tuple(ctx.chat), conversation=conversation)
+
+
+async def load_current_media(
+    connection: NatsClient, channel: ChannelSettings, timeout_seconds: float
+) -> MediaChange | None:
+    """The video playing now, from the bridge's `kryten_{channel}_playlist` KV key `current`.
+
+    None when there is none yet or it cannot be read: changeMedia events fill it in later.
+    """
+    bucket = f"kryten_{channel.channel}_playlist"
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            kv = await connection.jetstream().key_value(bucket)
+            entry = await kv.get("current")
+    except (TimeoutError, nats.errors.Error) as exc:
+        log.info("no current video from %s (%s)", bucket, type(exc).__name__)
+        return None
+    try:
+        payload = json.loads(entry.value or b"null")
+        envelope = {"channel": channel.channel, "domain": channel.domain, "payload": payload}
+        return parse_media(envelope)
+    except (ValueError, MalformedEvent) as exc:
+        log.warning("ignoring unreadable current video in %s: %s", bucket, exc)
+        return None

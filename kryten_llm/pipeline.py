@@ -1,15 +1,22 @@
 """The per-message flow, one way: event -> decision -> prompt -> reply -> log.
 
 `decide()` is synchronous and cheap: the dispatcher calls it for every event, in order, so
-history and limits see chat exactly as it happened. It returns a `ReplyJob` only when the bot
-should speak. `reply()` is the slow part (the LLM) and runs in a worker, many at once.
+history, ranks, spam counters and limits see chat exactly as it happened. When a trigger is
+allowed to speak, its limits are spent right there (not after the LLM answers), so a burst of
+mentions cannot all slip past a limit while their replies are still being written; and dry
+run spends them exactly as a live run does, so a dry run predicts a live run.
+
+`reply()` is the slow part (the LLM) and runs in a worker, many at once. Every triggered
+message ends in exactly one JSONL record, whatever became of it.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +28,37 @@ from kryten_llm.formatter import ResponseFormatter
 from kryten_llm.guard import OutputGuard
 from kryten_llm.llm_manager import LLMManager, LLMUnavailable
 from kryten_llm.prompts import PromptBuilder
+from kryten_llm.ranks import RankRegistry
+from kryten_llm.rate_limiter import RateLimiter
+from kryten_llm.response_log import ResponseLog, ResponseRecord
 from kryten_llm.sender import ChatSender
+from kryten_llm.spam import SpamGuard
 from kryten_llm.triggers import TriggerEngine
-from kryten_llm.types import ChatLine, Trigger
+from kryten_llm.types import ChatLine, LLMResult, Trigger
+from kryten_llm.validator import ReplyValidator
 
 log = logging.getLogger(__name__)
+
+RANK_EVENTS = frozenset({"adduser", "userlist", "setuserrank", "userleave"})
+INVISIBLE = frozenset({"server notice", "shadow-muted sender", "blank message"})
+"""Lines that are not part of the room's visible conversation: not even remembered."""
+
+
+class EventClock:
+    """Time read from the chat itself (each line's CyTube timestamp), for replay and tests.
+
+    With it, every decision depends only on the transcript and the seed, so a replay and a
+    live run over the same chat decide the same.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, line: ChatLine) -> None:
+        self.now = max(self.now, line.time_ms / 1000.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +70,18 @@ class ReplyJob:
     snapshot: ContextSnapshot
     channel: ChannelSettings
     correlation_id: str
+    rank: float = 0.0
     decided_monotonic: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class Shaped:
+    """A reply ready to send, or the reason it will not be."""
+
+    parts: list[str]
+    outcome: str = "sent"
+    reason: str = ""
+    result: LLMResult | None = None
 
 
 class Pipeline:
@@ -49,25 +93,45 @@ class Pipeline:
         *,
         llm: LLMManager,
         sender: ChatSender,
+        response_log: ResponseLog,
         start_ms: int,
-        trigger_engine: TriggerEngine | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
-        self.settings = settings
         self.llm = llm
         self.sender = sender
+        self.response_log = response_log
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.ranks = RankRegistry()
         self.filter = MessageFilter(settings.bot_names(), settings.listener.ignored_users, start_ms)
-        self.triggers = trigger_engine or self._trigger_engine(settings)
         self.context = ContextManager(settings.context)
+        self.limiter = RateLimiter(settings.rate_limits, clock=clock)
+        self.spam = SpamGuard(settings.spam, settings.rate_limits.admin_min_rank, clock=clock)
+        self.apply(settings)
+
+    def apply(self, settings: Settings) -> None:
+        """(Re)build what a config change may alter; memory and limit history carry over."""
+        self.settings = settings
+        self.filter.reconfigure(settings.bot_names(), settings.listener.ignored_users)
+        self.triggers = TriggerEngine(self._bot_names(settings), settings.triggers, self.rng)
+        self.context.reconfigure(settings.context)
         self.prompts = PromptBuilder(settings.personality, settings.context)
+        self.limiter.reconfigure(settings.rate_limits)
+        self.spam.reconfigure(settings.spam, settings.rate_limits.admin_min_rank)
         self.formatter = ResponseFormatter(settings.message_processing, settings.personality)
         self.guard = OutputGuard(settings.message_processing, settings.safety)
+        self.validator = ReplyValidator(settings.validation)
         self._channels = {(c.domain, c.channel.lower()): c for c in settings.channels}
 
     @staticmethod
-    def _trigger_engine(settings: Settings) -> TriggerEngine:
+    def _bot_names(settings: Settings) -> list[str]:
         names = [settings.personality.character_name, *settings.personality.name_variations]
-        names += [c.username for c in settings.channels]
-        return TriggerEngine(names, settings.triggers)
+        return names + [c.username for c in settings.channels]
+
+    @property
+    def dry_run(self) -> bool:
+        return self.sender.dry_run
 
     # --- decision (synchronous, in event order) ----------------------------------------
 
@@ -82,11 +146,12 @@ class Pipeline:
             )
             return None
         try:
-            if event_name == "changemedia":
-                self.context.set_video(parse_media(envelope))
-                return None
             if event_name == "chatmsg":
                 return self._decide_chat(parse_chat(envelope), channel)
+            if event_name == "changemedia":
+                self.context.set_video(parse_media(envelope))
+            elif event_name in RANK_EVENTS:
+                self.ranks.apply_event(channel.channel, event_name, envelope.get("payload"))
         except MalformedEvent as exc:
             log.warning(
                 "malformed %s event on %s ignored: %s", event_name, envelope["channel"], exc
@@ -94,20 +159,84 @@ class Pipeline:
         return None
 
     def _decide_chat(self, line: ChatLine, channel: ChannelSettings) -> ReplyJob | None:
+        if isinstance(self.clock, EventClock):
+            self.clock.advance(line)
         reason = self.filter.reason_to_ignore(line)
-        if reason in ("server notice", "shadow-muted sender", "blank message"):
-            return None  # never part of the room's visible conversation
+        if reason in INVISIBLE:
+            return None
         snapshot = self.context.snapshot(line.channel, line.username)
         self.context.add_chat(line)
+        self.spam.note_chat_line(line.channel, line.username, is_bot=self.filter.is_own(line))
+        if reason is None and self.spam.is_other_bot(line.username):
+            reason = "another bot"
         if reason is not None:
             log.debug("not answering %s in %s: %s", line.username, line.channel, reason)
             return None
+        rank = self.ranks.rank_of(line.channel, line.username)
         trigger = self.triggers.evaluate(line.text)
+        verdict = self.spam.observe(
+            line.channel,
+            line.username,
+            rank,
+            line.text,
+            is_mention=trigger is not None and trigger.kind == "mention",
+        )
         if trigger is None:
             return None
-        correlation_id = line.correlation_id or str(uuid.uuid4())
-        log.info("%s from %s in %s [%s]", trigger.kind, line.username, line.channel, correlation_id)
-        return ReplyJob(line, trigger, snapshot, channel, correlation_id)
+        job = ReplyJob(
+            line, trigger, snapshot, channel, line.correlation_id or str(uuid.uuid4()), rank
+        )
+        held = ("spam", verdict.reason) if verdict.is_spam else self._held_back(job)
+        if held is not None:
+            log.info(
+                "holding back %s from %s in %s: %s (%s) [%s]",
+                trigger.kind,
+                line.username,
+                line.channel,
+                held[0],
+                held[1],
+                job.correlation_id,
+            )
+            self._log(job, *held)
+            return None
+        self._spend(job)
+        log.info(
+            "%s %r from %s in %s [%s]",
+            trigger.kind,
+            trigger.name,
+            line.username,
+            line.channel,
+            job.correlation_id,
+        )
+        return job
+
+    def _trigger_limits(self, trigger: Trigger) -> tuple[float | None, int | None]:
+        settings = self.triggers.settings_for(trigger.name) if trigger.kind != "mention" else None
+        if settings is None:
+            return None, None
+        return settings.cooldown_seconds, settings.max_responses_per_hour
+
+    def _held_back(self, job: ReplyJob) -> tuple[str, str] | None:
+        """(outcome, reason) if a limit or loop guard says not now, else None."""
+        line, trigger = job.line, job.trigger
+        cooldown, per_hour = self._trigger_limits(trigger)
+        decision = self.limiter.check(
+            line.channel, line.username, job.rank, trigger.kind, trigger.name, cooldown, per_hour
+        )
+        if not decision.allowed:
+            return "rate_limited", f"{decision.reason}: {decision.detail}"
+        reply_ok = self.spam.check_reply(line.channel, line.username)
+        if not reply_ok.allowed:
+            return "loop_protection", f"{reply_ok.reason}: {reply_ok.detail}"
+        return None
+
+    def _spend(self, job: ReplyJob) -> None:
+        line, trigger = job.line, job.trigger
+        cooldown, per_hour = self._trigger_limits(trigger)
+        self.limiter.record(
+            line.channel, line.username, job.rank, trigger.kind, trigger.name, cooldown, per_hour
+        )
+        self.spam.record_reply(line.channel, line.username, parts=1)
 
     # --- reply (asynchronous, concurrent) ----------------------------------------------
 
@@ -124,26 +253,111 @@ class Pipeline:
                 job.correlation_id,
                 exc.reason,
             )
+            self._log(job, "llm_failed", exc.reason, attempts=exc.attempts)
             return []
-        verdict = self.guard.check(self.formatter.format(result.text))
-        for decision in verdict.decisions:
-            log.info("guard %s: %s [%s]", decision.action, decision.reason, job.correlation_id)
-        if verdict.blocked or not verdict.parts:
+        shaped = await self._shape(job, result)
+        if not shaped.parts:
             log.warning(
-                "reply to %s in %s [%s] withheld by the output guard",
+                "reply to %s in %s [%s] withheld: %s: %s",
                 job.line.username,
                 job.line.channel,
                 job.correlation_id,
+                shaped.outcome,
+                shaped.reason,
             )
+            self._log(job, shaped.outcome, shaped.reason, shaped.result or result)
             return []
         sent = await self.sender.send(
-            job.line.channel, job.line.domain, verdict.parts, job.correlation_id
+            job.line.channel, job.line.domain, shaped.parts, job.correlation_id
         )
-        if sent:
-            reply_text = " ".join(sent)
-            if self.sender.dry_run:  # live lines come back from the bridge as chatMsg
-                self.context.add_bot_line(job.line.channel, job.channel.username, reply_text)
-            self.context.add_exchange(
-                job.line.channel, job.line.username, job.trigger.message, reply_text
-            )
+        self._after_send(job, sent)
+        outcome = "dry_run" if self.dry_run else "sent"
+        self._log(job, outcome, shaped.reason, shaped.result, parts=tuple(sent))
         return sent
+
+    async def _shape(self, job: ReplyJob, result: LLMResult) -> Shaped:
+        """Format, validate (regenerating or falling back as configured), then guard."""
+        shaped = self._validated(job, result)
+        if shaped.outcome == "regenerate":
+            request = self.prompts.build(job.line.username, job.trigger, job.snapshot)
+            try:
+                again = await self.llm.complete(request, preferred=job.trigger.provider)
+            except LLMUnavailable as exc:
+                return Shaped([], "llm_failed", f"regenerate: {exc.reason}", result)
+            shaped = self._validated(job, again, regenerated=True)
+        if not shaped.parts:
+            return shaped
+        verdict = self.guard.check(shaped.parts)
+        for decision in verdict.decisions:
+            log.info("guard %s: %s [%s]", decision.action, decision.reason, job.correlation_id)
+        if verdict.blocked or not verdict.parts:
+            reasons = "; ".join(d.reason for d in verdict.decisions) or "nothing left"
+            return Shaped([], "guard_blocked", reasons, shaped.result)
+        return Shaped(verdict.parts, "sent", shaped.reason, shaped.result)
+
+    def _validated(self, job: ReplyJob, result: LLMResult, regenerated: bool = False) -> Shaped:
+        parts = self.formatter.format(result.text)
+        verdict = self.validator.validate(job.line.channel, " ".join(parts), job.trigger.message)
+        if verdict.ok and parts:
+            return Shaped(parts, result=result)
+        why = verdict.reason or "empty after formatting"
+        action = self.validator.refusal_action(regenerated)
+        log.info("reply refused (%s), action %s [%s]", why, action, job.correlation_id)
+        if action == "regenerate":
+            return Shaped([], "regenerate", why, result)
+        if action == "fallback":
+            fallback = self.formatter.format(self.validator.fallback_response)
+            return Shaped(fallback, "sent", f"fallback after refusal: {why}", result)
+        return Shaped([], "invalid", why, result)
+
+    def _after_send(self, job: ReplyJob, sent: list[str]) -> None:
+        if not sent:
+            return
+        reply_text = " ".join(sent)
+        self.spam.note_extra_bot_lines(job.line.channel, len(sent) - 1)
+        self.validator.remember(job.line.channel, reply_text)
+        if self.dry_run:  # live lines come back from the bridge as chatMsg
+            self.context.add_bot_line(job.line.channel, job.channel.username, reply_text)
+        self.context.add_exchange(
+            job.line.channel, job.line.username, job.trigger.message, reply_text
+        )
+
+    # --- the record ------------------------------------------------------------------------
+
+    def _log(
+        self,
+        job: ReplyJob,
+        outcome: str,
+        reason: str = "",
+        result: LLMResult | None = None,
+        *,
+        attempts: tuple[Any, ...] | None = None,
+        parts: tuple[str, ...] = (),
+    ) -> None:
+        line, trigger = job.line, job.trigger
+        self.response_log.write(
+            ResponseRecord(
+                channel=line.channel,
+                domain=line.domain,
+                username=line.username,
+                message=line.text,
+                outcome=outcome,
+                reason=reason,
+                trigger_type=trigger.kind,
+                trigger_name=trigger.name,
+                rank=job.rank,
+                correlation_id=job.correlation_id,
+                provider=result.provider if result else None,
+                model=result.model if result else None,
+                attempts=attempts if attempts is not None else (result.attempts if result else ()),
+                latency_ms=round(result.latency_ms, 1) if result else None,
+                prompt_tokens=result.prompt_tokens if result else None,
+                completion_tokens=result.completion_tokens if result else None,
+                parts=parts,
+                dry_run=self.dry_run,
+            )
+        )
+
+    def log_dropped(self, job: ReplyJob) -> None:
+        """The reply queue was full: the job is dropped, but never unrecorded."""
+        self._log(job, "dropped", "reply queue full")

@@ -18,11 +18,15 @@ import aiohttp
 from kryten import KrytenClient
 
 from kryten_llm import __version__
+from kryten_llm._bus import raw_nats
 from kryten_llm.config import Settings
+from kryten_llm.context import load_current_media
 from kryten_llm.dispatch import Dispatcher
 from kryten_llm.listener import MessageListener
 from kryten_llm.llm_manager import LLMManager
 from kryten_llm.pipeline import Pipeline
+from kryten_llm.ranks import load_ranks_from_kv
+from kryten_llm.response_log import ResponseLog
 from kryten_llm.sender import ChatSender
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,16 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "llm"
 SHUTDOWN_GRACE_SECONDS = 5.0
 HTTP_CONNECTIONS_MAX = 32
+KV_TIMEOUT_SECONDS = 3.0
+
+
+def configured_secrets(settings: Settings) -> list[str]:
+    """Every secret value in play, so the response log can scrub them wherever they appear."""
+    secrets = [p.resolve_api_key() for p in settings.llm_providers.values()]
+    for secret in (settings.nats.password, settings.nats.token):
+        if secret is not None:
+            secrets.append(secret.get_secret_value())
+    return [s for s in secrets if s]
 
 
 def kryten_config(settings: Settings, log_level: str) -> dict[str, Any]:
@@ -67,6 +81,11 @@ class LLMService:
         self.listener: MessageListener | None = None
         self.dispatcher: Dispatcher | None = None
         self.pipeline: Pipeline | None = None
+        self.response_log = ResponseLog(
+            settings.response_log, secrets=lambda: configured_secrets(self.settings)
+        )
+        self.pipeline_options: dict[str, Any] = {}
+        """Test and replay hooks passed to the Pipeline (clock, rng)."""
 
     @property
     def dry_run(self) -> bool:
@@ -79,10 +98,19 @@ class LLMService:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=HTTP_CONNECTIONS_MAX)
         )
+        await self.response_log.start()
         await self.client.connect()
         llm = LLMManager(settings.llm_providers, settings.llm_manager, self.session)
         sender = ChatSender(self._send_chat, settings.message_processing, self.dry_run)
-        self.pipeline = Pipeline(settings, llm=llm, sender=sender, start_ms=self.start_ms)
+        self.pipeline = Pipeline(
+            settings,
+            llm=llm,
+            sender=sender,
+            response_log=self.response_log,
+            start_ms=self.start_ms,
+            **self.pipeline_options,
+        )
+        await self._load_bridge_state(self.pipeline)
         processing = settings.message_processing
         self.listener = MessageListener(self.client, settings.channels, processing.queue_size)
         self.dispatcher = Dispatcher(
@@ -91,6 +119,7 @@ class LLMService:
             self.pipeline.reply,
             workers=processing.workers,
             reply_queue_size=processing.queue_size,
+            on_dropped=self.pipeline.log_dropped,
         )
         self.dispatcher.start()
         await self.listener.start()
@@ -101,6 +130,22 @@ class LLMService:
             channels,
             " (dry run: nothing will be posted)" if self.dry_run else "",
         )
+
+    async def _load_bridge_state(self, pipeline: Pipeline) -> None:
+        """What the bridge already knows: ranks (chatMsg has none) and the video playing.
+
+        Missing buckets are normal (bridge not up yet, or JetStream off): events fill in.
+        """
+        connection = raw_nats(self.client)
+        if connection is None:
+            return
+        for channel in self.settings.channels:
+            await load_ranks_from_kv(
+                connection, channel.channel, pipeline.ranks, KV_TIMEOUT_SECONDS
+            )
+            media = await load_current_media(connection, channel, KV_TIMEOUT_SECONDS)
+            if media is not None:
+                pipeline.context.set_video(media)
 
     async def _send_chat(self, channel: str, domain: str, text: str) -> object:
         assert self.client is not None
@@ -133,6 +178,7 @@ class LLMService:
             await self.client.disconnect(reason="shutdown")
         if self.session is not None:
             await self.session.close()
+        await self.response_log.close()
         log.info("stopped")
 
 

@@ -279,6 +279,19 @@ class SpamGuard:
         self._trim_channel(state, now)
         self._channels.maybe_prune(now)
 
+    def note_extra_bot_lines(self, channel: str, lines: int, now: float | None = None) -> None:
+        """Count further chat lines of a reply already recorded with `record_reply`.
+
+        The pipeline records a reply when it decides to speak (so a burst cannot slip past the
+        caps) and only learns after formatting how many chat lines it became.
+        """
+        if lines <= 0:
+            return
+        now = self._clock() if now is None else now
+        state = self._channels.touch(self._channel_key(channel), _ChannelState)
+        state.lines.extend((now, True) for _ in range(min(lines, 100)))
+        self._trim_channel(state, now)
+
     def _streak_alive(self, state: _ChannelState, now: float) -> bool:
         s = self._settings
         return (

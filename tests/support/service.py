@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from kryten_llm.config import Settings, build_settings
@@ -16,6 +19,24 @@ DOMAIN_A = "cytu.be"
 DOMAIN_B = "example.net"
 BOT = "CynthiaRothbot"
 API_KEY = "sk-test-DO-NOT-LEAK-1234567890"
+
+
+LOOSE_LIMITS: dict[str, Any] = {
+    "global_max_per_minute": 1000,
+    "global_max_per_hour": 10000,
+    "global_cooldown_seconds": 0,
+    "user_max_per_hour": 1000,
+    "user_cooldown_seconds": 0,
+    "mention_cooldown_seconds": 0,
+}
+LOOSE_SPAM: dict[str, Any] = {
+    "flood_max_messages": 1000,
+    "repeat_max_identical": 100,
+    "mention_max": 100,
+    "max_replies_per_window": 10000,
+    "max_consecutive_replies_to_user": 1000,
+    "max_chat_share": 1.0,
+}
 
 
 def base_config(nats_url: str, llm_base_url: str) -> dict[str, Any]:
@@ -41,6 +62,9 @@ def base_config(nats_url: str, llm_base_url: str) -> dict[str, Any]:
             "send_burst": 20,
             "send_rate_per_second": 10,
         },
+        # Limits and loop guards get their own tests; here they must not get in the way.
+        "rate_limits": LOOSE_LIMITS,
+        "spam": LOOSE_SPAM,
     }
 
 
@@ -55,7 +79,18 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_settings(nats_url: str, llm_base_url: str, **overrides: Any) -> Settings:
-    return build_settings(merge(base_config(nats_url, llm_base_url), overrides), "test")
+    """Settings for one test; the response log goes to a fresh temporary directory."""
+    config = base_config(nats_url, llm_base_url)
+    config["response_log"] = {"path": str(Path(tempfile.mkdtemp(prefix="kllm-log-")) / "r.jsonl")}
+    return build_settings(merge(config, overrides), "test")
+
+
+def read_records(settings: Settings) -> list[dict[str, Any]]:
+    """Every JSONL record the service wrote (call after it stopped: close() flushes)."""
+    path = settings.response_log.path
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @asynccontextmanager

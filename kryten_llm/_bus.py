@@ -1,0 +1,25 @@
+"""The one place that reaches past kryten-py's public API, and why.
+
+kryten-py 0.17.5 keeps its nats-py connection private (`KrytenClient._nats`) and offers no
+accessor. We need the connection itself for three things kryten-py does not wrap: the real
+connection state (kryten-py's `is_connected` stays true while the link is down), JetStream
+KV reads with proper error types, and `nats.micro`. Everything else goes through kryten-py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+
+
+def raw_nats(client: Any) -> NatsClient | None:
+    """The nats-py connection under a connected KrytenClient, or None before connect."""
+    connection = getattr(client, "_nats", None)
+    return connection if isinstance(connection, NatsClient) else None
+
+
+def really_connected(client: Any) -> bool:
+    """True only while the NATS link is actually up (not kryten-py's sticky flag)."""
+    connection = raw_nats(client)
+    return bool(connection is not None and connection.is_connected)
