@@ -1,0 +1,249 @@
+"""Turn the service's live state into one health verdict: `healthy`, `degraded` or `failing`.
+
+The service implements `StatusSource` (a handful of cheap, synchronous getters); heartbeats,
+the HTTP `/health` route and the `health` control endpoint all ask one `HealthMonitor`, so they
+always agree, and a change of the overall state is logged exactly once per change.
+
+Rules (each component gets `ok`, `degraded` or `failing`; the overall state is the worst):
+
+- **nats**: the nats-py link really connected (`_bus.really_connected`, not kryten-py's
+  sticky flag) -> `ok`, otherwise `failing`: the bot hears nothing and can say nothing, and a
+  publish is only buffered.
+- **provider.<name>**: circuit breaker `closed` -> `ok`; `half_open` (probing after a cool-down)
+  or `open` -> `degraded`; an unreadable state -> `degraded`. Even with every provider open the
+  overall state is only `degraded`: the breakers re-probe by themselves and a restart would not
+  help, while `failing` means the process itself cannot work.
+- **rate_limiter**: highest saturation across channels (replies / budget) at or above
+  `LIMITER_DEGRADED_SATURATION` -> `degraded` (replies are about to be, or are being, held back).
+- **queue**: events waiting at or above `QUEUE_DEGRADED_FRACTION` of capacity -> `degraded`
+  (the bot is falling behind; at capacity new events are dropped).
+- **channels**: paused channels are listed but do not change the verdict: a pause is deliberate.
+- A getter that raises makes its component `degraded` with the exception class named (never its
+  text), so a bug in a status getter cannot crash a heartbeat or hide the rest of the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+log = logging.getLogger(__name__)
+
+Overall = Literal["healthy", "degraded", "failing"]
+ComponentStatus = Literal["ok", "degraded", "failing"]
+
+LIMITER_DEGRADED_SATURATION = 0.9
+QUEUE_DEGRADED_FRACTION = 0.8
+
+_RANK: dict[ComponentStatus, int] = {"ok": 0, "degraded": 1, "failing": 2}
+_OVERALL: dict[int, Overall] = {0: "healthy", 1: "degraded", 2: "failing"}
+OVERALL_CODE: dict[Overall, int] = {"healthy": 0, "degraded": 1, "failing": 2}
+"""Numeric form for the Prometheus gauge (0 healthy, 1 degraded, 2 failing)."""
+
+
+class ChannelLike(Protocol):
+    """A configured channel (`ChannelSettings` fits)."""
+
+    @property
+    def domain(self) -> str: ...
+
+    @property
+    def channel(self) -> str: ...
+
+
+class StatusSource(Protocol):
+    """What the service exposes for health, heartbeats, metrics and the control endpoints.
+
+    Every method must be cheap, synchronous and non-blocking: they run at scrape and heartbeat
+    time on the event loop.
+    """
+
+    def nats_connected(self) -> bool:
+        """The nats-py link is up right now (`kryten_llm._bus.really_connected`)."""
+        ...
+
+    def provider_states(self) -> Mapping[str, Mapping[str, Any]]:
+        """`LLMManager.breaker_states()`: per provider `state`, `last_success_at`, ..."""
+        ...
+
+    def limiter_saturation(self) -> float:
+        """Highest reply-budget use across channels, 0..1 (1 = budget spent)."""
+        ...
+
+    def queue_depth(self) -> int:
+        """Events and reply jobs waiting (inbound queue plus reply queue)."""
+        ...
+
+    def queue_capacity(self) -> int:
+        """The sum of those queues' bounds."""
+        ...
+
+    def channels(self) -> Sequence[ChannelLike]:
+        """The configured channels."""
+        ...
+
+    def paused_channels(self) -> Collection[str]:
+        """Channels currently paused through the control endpoint."""
+        ...
+
+
+@dataclass(frozen=True)
+class Component:
+    """One component's verdict and the facts behind it (JSON-ready)."""
+
+    status: ComponentStatus
+    detail: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"status": self.status, **self.detail}
+        if self.reason:
+            data["reason"] = self.reason
+        return data
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The overall verdict, every component, and the reasons for anything not `ok`."""
+
+    status: Overall
+    components: dict[str, Component]
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{name}: {c.reason}" for name, c in self.components.items() if c.reason]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "reasons": self.reasons,
+            "components": {name: c.to_dict() for name, c in self.components.items()},
+        }
+
+
+# --- the rules -----------------------------------------------------------------------------
+
+
+def _probe_failed(name: str, exc: Exception) -> Component:
+    log.error("health: reading %s failed (%s)", name, exc.__class__.__name__, exc_info=exc)
+    return Component("degraded", reason=f"status unavailable ({exc.__class__.__name__})")
+
+
+def nats_component(source: StatusSource) -> Component:
+    try:
+        connected = bool(source.nats_connected())
+    except Exception as exc:
+        return _probe_failed("nats", exc)
+    if connected:
+        return Component("ok", {"connected": True})
+    return Component("failing", {"connected": False}, "not connected to NATS")
+
+
+def _timestamp(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def provider_component(state: Mapping[str, Any] | Any) -> Component:
+    """One provider from its breaker snapshot; anything malformed is reported, not trusted."""
+    if not isinstance(state, Mapping):
+        return Component("degraded", reason="breaker state unreadable")
+    breaker = state.get("state")
+    detail: dict[str, Any] = {
+        "breaker": breaker if isinstance(breaker, str) else None,
+        "last_success_at": _timestamp(state.get("last_success_at")),
+        "last_failure_at": _timestamp(state.get("last_failure_at")),
+    }
+    last_error = state.get("last_error")
+    if isinstance(last_error, str):
+        detail["last_error"] = last_error[:80]
+    if breaker == "closed":
+        return Component("ok", detail)
+    if breaker == "half_open":
+        return Component("degraded", detail, "circuit breaker half-open (probing)")
+    if breaker == "open":
+        return Component("degraded", detail, "circuit breaker open")
+    return Component("degraded", detail, "breaker state unreadable")
+
+
+def provider_components(source: StatusSource) -> dict[str, Component]:
+    try:
+        states = dict(source.provider_states())
+    except Exception as exc:
+        return {"providers": _probe_failed("providers", exc)}
+    if not states:
+        return {"providers": Component("degraded", reason="no provider configured")}
+    return {f"provider.{name}": provider_component(state) for name, state in states.items()}
+
+
+def limiter_component(source: StatusSource) -> Component:
+    try:
+        saturation = float(source.limiter_saturation())
+    except Exception as exc:
+        return _probe_failed("rate_limiter", exc)
+    if not math.isfinite(saturation):
+        return Component("degraded", reason="saturation unreadable")
+    detail = {"saturation": round(saturation, 3)}
+    if saturation >= LIMITER_DEGRADED_SATURATION:
+        return Component("degraded", detail, f"reply budget {saturation:.0%} used")
+    return Component("ok", detail)
+
+
+def queue_component(source: StatusSource) -> Component:
+    try:
+        depth, capacity = int(source.queue_depth()), int(source.queue_capacity())
+    except Exception as exc:
+        return _probe_failed("queue", exc)
+    detail = {"depth": depth, "capacity": capacity}
+    if capacity > 0 and depth >= capacity * QUEUE_DEGRADED_FRACTION:
+        return Component("degraded", detail, f"{depth} of {capacity} queue slots in use")
+    return Component("ok", detail)
+
+
+def channels_component(source: StatusSource) -> Component:
+    try:
+        configured = [f"{c.domain}/{c.channel}" for c in source.channels()]
+        paused = sorted(str(c) for c in source.paused_channels())
+    except Exception as exc:
+        return _probe_failed("channels", exc)
+    return Component("ok", {"configured": configured, "paused": paused})
+
+
+def assess(source: StatusSource) -> HealthReport:
+    """Apply the rules in the module docstring; never raises."""
+    components: dict[str, Component] = {"nats": nats_component(source)}
+    components.update(provider_components(source))
+    components["rate_limiter"] = limiter_component(source)
+    components["queue"] = queue_component(source)
+    components["channels"] = channels_component(source)
+    worst = max(_RANK[c.status] for c in components.values())
+    return HealthReport(_OVERALL[worst], components)
+
+
+class HealthMonitor:
+    """Assesses on demand and logs each change of the overall state once."""
+
+    def __init__(self, source: StatusSource) -> None:
+        self._source = source
+        self.last: HealthReport | None = None
+
+    def check(self) -> HealthReport:
+        report = assess(self._source)
+        previous = self.last.status if self.last is not None else None
+        self.last = report
+        if report.status != previous:
+            self._log_change(previous, report)
+        return report
+
+    @staticmethod
+    def _log_change(previous: Overall | None, report: HealthReport) -> None:
+        why = "; ".join(report.reasons) or "all components ok"
+        level = logging.INFO if report.status == "healthy" else logging.WARNING
+        if previous is None:
+            log.log(level, "health: %s (%s)", report.status, why)
+        else:
+            log.log(level, "health changed: %s -> %s (%s)", previous, report.status, why)

@@ -1,0 +1,236 @@
+"""Health rules: each component's verdict, the overall state, and logging once per change."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+
+from kryten_llm._bus import really_connected
+from kryten_llm.config import ChannelSettings, LLMSettings, ProviderSettings
+from kryten_llm.health import HealthMonitor, assess, provider_component
+from kryten_llm.llm_manager import LLMManager, LLMUnavailable
+from kryten_llm.types import ChatMessage, LLMRequest
+from tests.support.fake_llm import FakeLLM
+
+
+@dataclass
+class StaticStatus:
+    """A StatusSource made of plain data that each test sets; shared by the other test files."""
+
+    connected: bool = True
+    providers: dict[str, Mapping[str, Any]] = field(
+        default_factory=lambda: {"main": {"state": "closed"}}
+    )
+    saturation: float = 0.0
+    depth: int = 0
+    capacity: int = 100
+    channel_list: list[ChannelSettings] = field(
+        default_factory=lambda: [ChannelSettings(domain="cytu.be", channel="testchan")]
+    )
+    paused: set[str] = field(default_factory=set)
+
+    def nats_connected(self) -> bool:
+        return self.connected
+
+    def provider_states(self) -> Mapping[str, Mapping[str, Any]]:
+        return self.providers
+
+    def limiter_saturation(self) -> float:
+        return self.saturation
+
+    def queue_depth(self) -> int:
+        return self.depth
+
+    def queue_capacity(self) -> int:
+        return self.capacity
+
+    def channels(self) -> Sequence[ChannelSettings]:
+        return self.channel_list
+
+    def paused_channels(self) -> Collection[str]:
+        return self.paused
+
+
+class ManagerStatus(StaticStatus):
+    """Provider states straight from a real LLMManager's breakers."""
+
+    def __init__(self, manager: LLMManager) -> None:
+        super().__init__()
+        self.manager = manager
+
+    def provider_states(self) -> Mapping[str, Mapping[str, Any]]:
+        return self.manager.breaker_states()
+
+
+class BrokenStatus(StaticStatus):
+    """Getters that raise, as a bug in the service's status code would."""
+
+    def provider_states(self) -> Mapping[str, Mapping[str, Any]]:
+        raise RuntimeError("secret-ish detail that must not be shown")
+
+    def queue_depth(self) -> int:
+        raise ValueError("boom")
+
+
+def test_all_ok_is_healthy() -> None:
+    report = assess(StaticStatus())
+    assert report.status == "healthy"
+    assert report.reasons == []
+    data = report.to_dict()
+    assert data["components"]["nats"] == {"status": "ok", "connected": True}
+    assert data["components"]["provider.main"]["status"] == "ok"
+    assert data["components"]["channels"]["configured"] == ["cytu.be/testchan"]
+
+
+def test_nats_down_is_failing() -> None:
+    report = assess(StaticStatus(connected=False))
+    assert report.status == "failing"
+    assert report.reasons == ["nats: not connected to NATS"]
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [("closed", "ok"), ("half_open", "degraded"), ("open", "degraded"), ("weird", "degraded")],
+)
+def test_provider_breaker_states(state: str, expected: str) -> None:
+    assert provider_component({"state": state}).status == expected
+
+
+@pytest.mark.parametrize("bad", [None, "open", 42, {"state": 3}, {}])
+def test_malformed_provider_state_is_degraded_not_a_crash(bad: Any) -> None:
+    component = provider_component(bad)
+    assert component.status == "degraded"
+    assert "unreadable" in component.reason
+
+
+def test_provider_timestamps_are_sanitised() -> None:
+    component = provider_component(
+        {"state": "open", "last_success_at": float("nan"), "last_failure_at": 12.5, "x": 1}
+    )
+    assert component.detail["last_success_at"] is None
+    assert component.detail["last_failure_at"] == 12.5
+
+
+def test_every_provider_open_is_still_only_degraded() -> None:
+    status = StaticStatus(providers={"a": {"state": "open"}, "b": {"state": "open"}})
+    assert assess(status).status == "degraded"
+
+
+def test_no_provider_is_degraded() -> None:
+    assert assess(StaticStatus(providers={})).status == "degraded"
+
+
+@pytest.mark.parametrize(("saturation", "expected"), [(0.5, "healthy"), (0.95, "degraded")])
+def test_rate_limiter_saturation(saturation: float, expected: str) -> None:
+    assert assess(StaticStatus(saturation=saturation)).status == expected
+
+
+def test_nan_saturation_is_degraded() -> None:
+    assert assess(StaticStatus(saturation=float("nan"))).status == "degraded"
+
+
+@pytest.mark.parametrize(("depth", "expected"), [(10, "healthy"), (80, "degraded")])
+def test_queue_depth(depth: int, expected: str) -> None:
+    assert assess(StaticStatus(depth=depth, capacity=100)).status == expected
+
+
+def test_paused_channels_are_listed_but_not_unhealthy() -> None:
+    report = assess(StaticStatus(paused={"testchan"}))
+    assert report.status == "healthy"
+    assert report.to_dict()["components"]["channels"]["paused"] == ["testchan"]
+
+
+def test_raising_getters_degrade_without_leaking_text(caplog: pytest.LogCaptureFixture) -> None:
+    report = assess(BrokenStatus())
+    assert report.status == "degraded"
+    text = str(report.to_dict())
+    assert "RuntimeError" in text and "ValueError" in text
+    assert "secret-ish" not in text
+    assert any("reading providers failed" in r.getMessage() for r in caplog.records)
+
+
+def test_worst_component_wins() -> None:
+    status = StaticStatus(connected=False, providers={"a": {"state": "open"}})
+    assert assess(status).status == "failing"
+
+
+def test_monitor_logs_each_change_once(caplog: pytest.LogCaptureFixture) -> None:
+    status = StaticStatus()
+    monitor = HealthMonitor(status)
+    caplog.set_level(logging.INFO, logger="kryten_llm.health")
+
+    def changes() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "health" in r.getMessage()]
+
+    monitor.check()
+    monitor.check()
+    assert changes() == ["health: healthy (all components ok)"]
+    status.providers = {"main": {"state": "open"}}
+    monitor.check()
+    monitor.check()
+    monitor.check()
+    assert changes()[1:] == [
+        "health changed: healthy -> degraded (provider.main: circuit breaker open)"
+    ]
+    status.providers = {"main": {"state": "closed"}}
+    monitor.check()
+    monitor.check()
+    assert len(changes()) == 3
+    assert changes()[2] == "health changed: degraded -> healthy (all components ok)"
+
+
+async def test_degraded_when_only_provider_fails_and_healthy_after_recovery(
+    fake_llm: FakeLLM,
+) -> None:
+    """A real LLMManager against the fake server: its breaker drives the verdict."""
+    llm = LLMSettings(
+        max_retries=0,
+        breaker_min_calls=2,
+        breaker_failure_rate=0.5,
+        breaker_cooldown_seconds=0,
+        reply_deadline_seconds=5,
+    )
+    providers = {"only": ProviderSettings(base_url=fake_llm.base_url, model="m", timeout_seconds=2)}
+    request = LLMRequest("system", (ChatMessage("user", "hi"),))
+    async with aiohttp.ClientSession() as session:
+        manager = LLMManager(providers, llm, session)
+        monitor = HealthMonitor(ManagerStatus(manager))
+        assert monitor.check().status == "healthy"
+        fake_llm.fail_with(500)
+        for _ in range(2):
+            with pytest.raises(LLMUnavailable):
+                await manager.complete(request)
+        report = monitor.check()
+        assert report.status == "degraded"
+        provider = report.to_dict()["components"]["provider.only"]
+        assert provider["breaker"] == "open"
+        assert provider["last_failure_at"] is not None
+        fake_llm.reply_with("back again")
+        result = await manager.complete(request)  # cooldown 0: the half-open probe succeeds
+        assert result.text == "back again"
+        report = monitor.check()
+        assert report.status == "healthy"
+        assert report.to_dict()["components"]["provider.only"]["last_success_at"] is not None
+
+
+async def test_really_connected_reads_the_real_connection(nats_server: Any) -> None:
+    from kryten import KrytenClient
+
+    client = KrytenClient(
+        {
+            "nats": {"servers": [nats_server.url]},
+            "channels": [{"domain": "cytu.be", "channel": "testchan"}],
+        }
+    )
+    assert really_connected(client) is False
+    await client.connect()
+    try:
+        assert really_connected(client) is True
+    finally:
+        await client.disconnect()
+    assert really_connected(client) is False
