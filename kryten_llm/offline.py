@@ -10,6 +10,7 @@ provider code it uses for a real model.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 from importlib import resources
@@ -77,7 +78,7 @@ class OfflineLLMServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def _complete(self, request: web.Request) -> web.Response:
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
         except ValueError:
@@ -85,21 +86,36 @@ class OfflineLLMServer:
         texts = prompt_texts(body)
         text = await asyncio.to_thread(self.writer.write, texts)
         prompt_chars = sum(len(t) for t in texts)
+        usage = {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(text) // 4}
+        if body.get("stream"):
+            return await self._stream(request, text, usage)
+        message = {"role": "assistant", "content": text}
         return web.json_response(
             {
                 "id": "offline",
                 "object": "chat.completion",
                 "model": MODEL_NAME,
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": text},
-                    }
-                ],
-                "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(text) // 4},
+                "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                "usage": usage,
             }
         )
+
+    async def _stream(
+        self, request: web.Request, text: str, usage: dict[str, int]
+    ) -> web.StreamResponse:
+        """The same text as OpenAI-style server-sent events, a word per chunk."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunks: list[dict[str, Any]] = [
+            {"model": MODEL_NAME, "choices": [{"index": 0, "delta": {"content": word}}]}
+            for word in re.findall(r"\S+\s*", text)
+        ]
+        chunks.append({"model": MODEL_NAME, "choices": [], "usage": usage})
+        for chunk in chunks:
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": MODEL_NAME}]})

@@ -6,12 +6,14 @@ allowed to speak, its limits are spent right there (not after the LLM answers), 
 mentions cannot all slip past a limit while their replies are still being written; and dry
 run spends them exactly as a live run does, so a dry run predicts a live run.
 
-`reply()` is the slow part (the LLM) and runs in a worker, many at once. Every triggered
-message ends in exactly one JSONL record, whatever became of it.
+`reply()` is the slow part (the LLM) and runs in a worker, many at once; `responder.py`
+streams the answer into chat. Every triggered message ends in exactly one JSONL record,
+whatever became of it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -26,15 +28,18 @@ from kryten_llm.events import MalformedEvent, parse_chat, parse_media
 from kryten_llm.filters import MessageFilter
 from kryten_llm.formatter import ResponseFormatter
 from kryten_llm.guard import OutputGuard
-from kryten_llm.llm_manager import LLMManager, LLMUnavailable
+from kryten_llm.llm_manager import LLMManager
+from kryten_llm.metrics import Metrics
 from kryten_llm.prompts import PromptBuilder
 from kryten_llm.ranks import RankRegistry
 from kryten_llm.rate_limiter import RateLimiter
+from kryten_llm.responder import Responder
 from kryten_llm.response_log import ResponseLog, ResponseRecord
 from kryten_llm.sender import ChatSender
 from kryten_llm.spam import SpamGuard
 from kryten_llm.triggers import TriggerEngine
-from kryten_llm.types import ChatLine, LLMResult, Trigger
+from kryten_llm.types import Attempt, ChatLine, LLMRequest, LLMResult, Trigger
+from kryten_llm.usage import UsageTracker
 from kryten_llm.validator import ReplyValidator
 
 log = logging.getLogger(__name__)
@@ -71,17 +76,9 @@ class ReplyJob:
     channel: ChannelSettings
     correlation_id: str
     rank: float = 0.0
+    provider: str | None = None
+    """The trigger's provider, or the cheaper one a spent budget switched to."""
     decided_monotonic: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True, slots=True)
-class Shaped:
-    """A reply ready to send, or the reason it will not be."""
-
-    parts: list[str]
-    outcome: str = "sent"
-    reason: str = ""
-    result: LLMResult | None = None
 
 
 class Pipeline:
@@ -95,14 +92,20 @@ class Pipeline:
         sender: ChatSender,
         response_log: ResponseLog,
         start_ms: int,
+        usage: UsageTracker | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self.llm = llm
         self.sender = sender
         self.response_log = response_log
+        self.usage = usage or UsageTracker(settings.usage, settings.llm_providers)
+        self.metrics = metrics or Metrics()
         self.clock = clock
         self.rng = rng or random.Random()
+        self.paused: set[str] = set()
+        """Lowercased channel names the operator paused: heard and remembered, not answered."""
         self.ranks = RankRegistry()
         self.filter = MessageFilter(settings.bot_names(), settings.listener.ignored_users, start_ms)
         self.context = ContextManager(settings.context)
@@ -111,17 +114,35 @@ class Pipeline:
         self.apply(settings)
 
     def apply(self, settings: Settings) -> None:
-        """(Re)build what a config change may alter; memory and limit history carry over."""
+        """(Re)configure every stage; memory, limit history and penalties carry over.
+
+        Everything that can fail (patterns, prompt file) is built first and only then swapped
+        in, so a reload either applies completely or not at all.
+        """
+        triggers = TriggerEngine(self._bot_names(settings), settings.triggers, self.rng)
+        prompts = PromptBuilder(settings.personality, settings.context)
+        formatter = ResponseFormatter(settings.message_processing, settings.personality)
+        guard = OutputGuard(settings.message_processing, settings.safety)
+        previous: Settings | None = getattr(self, "settings", None)
+        old_validator: ReplyValidator | None = getattr(self, "validator", None)
+        keep = previous is not None and previous.validation == settings.validation
+        validator = old_validator if keep and old_validator else ReplyValidator(settings.validation)
+        processing = settings.message_processing
+        self.responder = Responder(
+            self.llm,
+            formatter,
+            guard,
+            validator,
+            processing.max_message_length,
+            processing.max_parts,
+        )
         self.settings = settings
+        self.triggers, self.prompts, self.validator = triggers, prompts, validator
         self.filter.reconfigure(settings.bot_names(), settings.listener.ignored_users)
-        self.triggers = TriggerEngine(self._bot_names(settings), settings.triggers, self.rng)
         self.context.reconfigure(settings.context)
-        self.prompts = PromptBuilder(settings.personality, settings.context)
         self.limiter.reconfigure(settings.rate_limits)
         self.spam.reconfigure(settings.spam, settings.rate_limits.admin_min_rank)
-        self.formatter = ResponseFormatter(settings.message_processing, settings.personality)
-        self.guard = OutputGuard(settings.message_processing, settings.safety)
-        self.validator = ReplyValidator(settings.validation)
+        self.usage.reconfigure(settings.usage, settings.llm_providers)
         self._channels = {(c.domain, c.channel.lower()): c for c in settings.channels}
 
     @staticmethod
@@ -161,6 +182,7 @@ class Pipeline:
     def _decide_chat(self, line: ChatLine, channel: ChannelSettings) -> ReplyJob | None:
         if isinstance(self.clock, EventClock):
             self.clock.advance(line)
+        self.metrics.message_seen()
         reason = self.filter.reason_to_ignore(line)
         if reason in INVISIBLE:
             return None
@@ -174,19 +196,27 @@ class Pipeline:
             return None
         rank = self.ranks.rank_of(line.channel, line.username)
         trigger = self.triggers.evaluate(line.text)
-        verdict = self.spam.observe(
-            line.channel,
-            line.username,
-            rank,
-            line.text,
-            is_mention=trigger is not None and trigger.kind == "mention",
-        )
+        is_mention = trigger is not None and trigger.kind == "mention"
+        verdict = self.spam.observe(line.channel, line.username, rank, line.text, is_mention)
         if trigger is None:
             return None
+        self.metrics.triggered(trigger.kind)
         job = ReplyJob(
-            line, trigger, snapshot, channel, line.correlation_id or str(uuid.uuid4()), rank
+            line,
+            trigger,
+            snapshot,
+            channel,
+            line.correlation_id or str(uuid.uuid4()),
+            rank,
+            trigger.provider,
         )
         held = ("spam", verdict.reason) if verdict.is_spam else self._held_back(job)
+        if held is None:
+            budget = self.usage.allow(line.channel, line.username)
+            if not budget.allowed:
+                held = ("budget", budget.reason)
+            elif budget.provider:
+                job = dataclasses.replace(job, provider=budget.provider)
         if held is not None:
             log.info(
                 "holding back %s from %s in %s: %s (%s) [%s]",
@@ -217,8 +247,10 @@ class Pipeline:
         return settings.cooldown_seconds, settings.max_responses_per_hour
 
     def _held_back(self, job: ReplyJob) -> tuple[str, str] | None:
-        """(outcome, reason) if a limit or loop guard says not now, else None."""
+        """(outcome, reason) if the channel is paused or a limit or loop guard says not now."""
         line, trigger = job.line, job.trigger
+        if line.channel.lower() in self.paused:
+            return "paused", "channel paused by the operator"
         cooldown, per_hour = self._trigger_limits(trigger)
         decision = self.limiter.check(
             line.channel, line.username, job.rank, trigger.kind, trigger.name, cooldown, per_hour
@@ -241,79 +273,65 @@ class Pipeline:
     # --- reply (asynchronous, concurrent) ----------------------------------------------
 
     async def reply(self, job: ReplyJob) -> list[str]:
-        """Ask the LLM, shape and guard the answer, send it; return the parts published."""
+        """Ask the LLM, stream the answer into chat through the checks; return what was sent."""
         request = self.prompts.build(job.line.username, job.trigger, job.snapshot)
-        try:
-            result = await self.llm.complete(request, preferred=job.trigger.provider)
-        except LLMUnavailable as exc:
-            log.warning(
-                "no reply to %s in %s [%s]: LLM unavailable: %s",
-                job.line.username,
-                job.line.channel,
-                job.correlation_id,
-                exc.reason,
-            )
-            self._log(job, "llm_failed", exc.reason, attempts=exc.attempts)
-            return []
-        shaped = await self._shape(job, result)
-        if not shaped.parts:
-            log.warning(
-                "reply to %s in %s [%s] withheld: %s: %s",
-                job.line.username,
-                job.line.channel,
-                job.correlation_id,
-                shaped.outcome,
-                shaped.reason,
-            )
-            self._log(job, shaped.outcome, shaped.reason, shaped.result or result)
-            return []
-        sent = await self.sender.send(
-            job.line.channel, job.line.domain, shaped.parts, job.correlation_id
+        line = job.line
+        first_sent: list[float] = []
+
+        async def send(parts: list[str]) -> list[str]:
+            sent = await self.sender.send(line.channel, line.domain, parts, job.correlation_id)
+            if sent and not first_sent:
+                first_sent.append(time.monotonic())
+            return sent
+
+        outcome = await self.responder.respond(
+            request, job.provider, line.channel, job.trigger.message, send, job.correlation_id
         )
-        self._after_send(job, sent)
-        outcome = "dry_run" if self.dry_run else "sent"
-        self._log(job, outcome, shaped.reason, shaped.result, parts=tuple(sent))
-        return sent
+        cost = self._account(job, outcome.result, request)
+        self.metrics.llm_attempts(outcome.attempts)
+        if outcome.sent:
+            self._after_send(job, outcome.sent, outcome.result, first_sent[0])
+        else:
+            log.warning(
+                "no reply to %s in %s [%s]: %s: %s",
+                line.username,
+                line.channel,
+                job.correlation_id,
+                outcome.outcome,
+                outcome.reason,
+            )
+        final = ("dry_run" if self.dry_run else "sent") if outcome.sent else outcome.outcome
+        self._log(
+            job,
+            final,
+            outcome.reason,
+            outcome.result,
+            attempts=outcome.attempts,
+            parts=tuple(outcome.sent),
+            cost_usd=cost,
+        )
+        return outcome.sent
 
-    async def _shape(self, job: ReplyJob, result: LLMResult) -> Shaped:
-        """Format, validate (regenerating or falling back as configured), then guard."""
-        shaped = self._validated(job, result)
-        if shaped.outcome == "regenerate":
-            request = self.prompts.build(job.line.username, job.trigger, job.snapshot)
-            try:
-                again = await self.llm.complete(request, preferred=job.trigger.provider)
-            except LLMUnavailable as exc:
-                return Shaped([], "llm_failed", f"regenerate: {exc.reason}", result)
-            shaped = self._validated(job, again, regenerated=True)
-        if not shaped.parts:
-            return shaped
-        verdict = self.guard.check(shaped.parts)
-        for decision in verdict.decisions:
-            log.info("guard %s: %s [%s]", decision.action, decision.reason, job.correlation_id)
-        if verdict.blocked or not verdict.parts:
-            reasons = "; ".join(d.reason for d in verdict.decisions) or "nothing left"
-            return Shaped([], "guard_blocked", reasons, shaped.result)
-        return Shaped(verdict.parts, "sent", shaped.reason, shaped.result)
+    def _account(
+        self, job: ReplyJob, result: LLMResult | None, request: LLMRequest
+    ) -> float | None:
+        """Tokens and cost of a reply (budget events fire from here)."""
+        if result is None:
+            return None
+        cost = self.usage.record(result, job.line.channel, job.line.username, request=request)
+        self.metrics.tokens(result.provider, result.prompt_tokens, result.completion_tokens)
+        self.metrics.cost(cost.usd)
+        return cost.usd
 
-    def _validated(self, job: ReplyJob, result: LLMResult, regenerated: bool = False) -> Shaped:
-        parts = self.formatter.format(result.text)
-        verdict = self.validator.validate(job.line.channel, " ".join(parts), job.trigger.message)
-        if verdict.ok and parts:
-            return Shaped(parts, result=result)
-        why = verdict.reason or "empty after formatting"
-        action = self.validator.refusal_action(regenerated)
-        log.info("reply refused (%s), action %s [%s]", why, action, job.correlation_id)
-        if action == "regenerate":
-            return Shaped([], "regenerate", why, result)
-        if action == "fallback":
-            fallback = self.formatter.format(self.validator.fallback_response)
-            return Shaped(fallback, "sent", f"fallback after refusal: {why}", result)
-        return Shaped([], "invalid", why, result)
-
-    def _after_send(self, job: ReplyJob, sent: list[str]) -> None:
-        if not sent:
-            return
+    def _after_send(
+        self, job: ReplyJob, sent: list[str], result: LLMResult | None, first_sent_at: float
+    ) -> None:
         reply_text = " ".join(sent)
+        self.metrics.sent(len(sent))
+        if result is not None and result.latency_ms is not None:
+            # Overhead: message received to first line published, minus the LLM's own time.
+            waited = first_sent_at - job.line.received_monotonic
+            self.metrics.overhead(max(0.0, waited - result.latency_ms / 1000.0))
         self.spam.note_extra_bot_lines(job.line.channel, len(sent) - 1)
         self.validator.remember(job.line.channel, reply_text)
         if self.dry_run:  # live lines come back from the bridge as chatMsg
@@ -331,9 +349,12 @@ class Pipeline:
         reason: str = "",
         result: LLMResult | None = None,
         *,
-        attempts: tuple[Any, ...] | None = None,
+        attempts: tuple[Attempt, ...] | None = None,
         parts: tuple[str, ...] = (),
+        cost_usd: float | None = None,
     ) -> None:
+        if outcome not in ("sent", "dry_run"):
+            self.metrics.held_back(outcome)
         line, trigger = job.line, job.trigger
         self.response_log.write(
             ResponseRecord(
@@ -353,6 +374,7 @@ class Pipeline:
                 latency_ms=round(result.latency_ms, 1) if result else None,
                 prompt_tokens=result.prompt_tokens if result else None,
                 completion_tokens=result.completion_tokens if result else None,
+                cost_usd=cost_usd,
                 parts=parts,
                 dry_run=self.dry_run,
             )

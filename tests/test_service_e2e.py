@@ -224,7 +224,7 @@ async def test_llm_failures_skip_the_message_and_the_next_is_answered(
             await bridge.chat(CHANNEL_A, "Bob", f"{BOT} are you there? ({fault})")
             says = await bridge.wait_for_says(1)
             assert [s["args"]["message"] for s in says] == [f"Back again after the {fault}."]
-    assert "LLM unavailable" in caplog.text
+    assert "llm_failed" in caplog.text
 
 
 async def test_refused_connection_skips_and_the_next_message_is_answered(
@@ -251,7 +251,7 @@ async def test_refused_connection_skips_and_the_next_message_is_answered(
         finally:
             await late_llm.stop()
     assert [s["args"]["message"] for s in says] == ["Now I am here."]
-    assert "LLM unavailable" in caplog.text
+    assert "llm_failed" in caplog.text
     assert "sk-test" not in caplog.text
 
 

@@ -401,7 +401,10 @@ class Provider(ABC):
             return self._error("bad_json", f"stream is not JSON: {error_excerpt(body, 80)!r}")
         if isinstance(data, dict) and "error" in data:
             return self._embedded_error(data["error"])
-        return self._error("bad_json", "expected an event stream, got a JSON document")
+        return self._error(
+            "bad_json",
+            "expected an event stream, got a JSON document (set `stream: false` for it)",
+        )
 
     async def _ndjson(
         self, resp: aiohttp.ClientResponse, timeout_seconds: float

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,10 +115,48 @@ class FakeLLM:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if self.behaviour is None:
-                return web.json_response(completion("Hello from the fake LLM."))
-            return await self.behaviour(body)
+                response: web.StreamResponse = web.json_response(
+                    completion("Hello from the fake LLM.")
+                )
+            else:
+                response = await self.behaviour(body)
+            if body.get("stream") and isinstance(response, web.Response):
+                return await self._as_event_stream(request, response)
+            return response
         finally:
             self.in_flight -= 1
+
+    async def _as_event_stream(
+        self, request: web.Request, response: web.Response
+    ) -> web.StreamResponse:
+        """A completion re-sent as OpenAI's SSE chunks, word by word, as a real server would.
+
+        Errors (status >= 400) and non-JSON bodies are returned unchanged, exactly as an
+        OpenAI-compatible server answers a failed stream request.
+        """
+        if response.status >= 400 or response.content_type != "application/json":
+            return response
+        assert isinstance(response.body, bytes)
+        data = json.loads(response.body)
+        choices = data.get("choices") or [{}]
+        text = (choices[0].get("message") or {}).get("content")
+        if not isinstance(text, str):
+            return response
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await stream.prepare(request)
+        for word in re.findall(r"\S+\s*", text):
+            chunk = {
+                "object": "chat.completion.chunk",
+                "model": data.get("model"),
+                "choices": [{"index": 0, "delta": {"content": word}}],
+            }
+            await stream.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        if data.get("usage"):
+            tail = {"object": "chat.completion.chunk", "choices": [], "usage": data["usage"]}
+            await stream.write(f"data: {json.dumps(tail)}\n\n".encode())
+        await stream.write(b"data: [DONE]\n\n")
+        await stream.write_eof()
+        return stream
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake-model"}]})
