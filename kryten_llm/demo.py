@@ -133,6 +133,7 @@ def demo_settings(base: Settings, nats_url: str, provider: dict[str, Any]) -> Se
         "user_cooldown_seconds": 0,
         "mention_cooldown_seconds": 0,
     }
+    data["metrics"] = {**data.get("metrics", {}), "port": 0}  # never clash with a real bot
     data["message_processing"] = {**data.get("message_processing", {}), "split_delay_seconds": 0.3}
     return build_settings(data, "(demo)")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import time
 from typing import Any
@@ -70,8 +71,8 @@ def parse_chat(envelope: dict[str, Any], received_monotonic: float | None = None
     username, msg, stamp = payload.get("username"), payload.get("msg"), payload.get("time")
     if not isinstance(username, str) or not isinstance(msg, str):
         raise MalformedEvent("chatMsg payload lacks a string username or msg")
-    if isinstance(stamp, bool) or not isinstance(stamp, int | float):
-        raise MalformedEvent("chatMsg payload lacks a numeric time")
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float) or not math.isfinite(stamp):
+        raise MalformedEvent("chatMsg payload lacks a finite numeric time")
     raw_meta = payload.get("meta")
     meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     add_class = meta.get("addClass")

@@ -327,7 +327,8 @@ class Pipeline:
         self, job: ReplyJob, sent: list[str], result: LLMResult | None, first_sent_at: float
     ) -> None:
         reply_text = " ".join(sent)
-        self.metrics.sent(len(sent))
+        if not self.dry_run:
+            self.metrics.sent(len(sent))
         if result is not None and result.latency_ms is not None:
             # Overhead: message received to first line published, minus the LLM's own time.
             waited = first_sent_at - job.line.received_monotonic

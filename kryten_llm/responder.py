@@ -136,6 +136,8 @@ class Responder:
         outcome = ReplyOutcome()
         try:
             await self._stream(request, provider, channel, user_message, send, outcome)
+            if not outcome.sent:  # the model spoke, but nothing survived formatting
+                raise _Refused("invalid", "empty after formatting")
         except LLMUnavailable as exc:
             outcome.outcome, outcome.reason, outcome.attempts = (
                 "llm_failed",

@@ -63,8 +63,10 @@ def test_embedded_defaults_are_valid() -> None:
         ({"rate_limts": {}}, "rate_limts: Extra inputs are not permitted"),
         ({"llm_providers": {}}, "at least one provider must be enabled"),
         ({"llm_providers": {"a": {"fallback": ["b"]}}}, "'a' falls back to unknown ['b']"),
-        ({"usage": {"cheaper_provider": "x", "on_budget_exhausted": "cheaper_provider"}},
-         "cheaper_provider 'x' is not a configured provider"),
+        (
+            {"usage": {"cheaper_provider": "x", "on_budget_exhausted": "cheaper_provider"}},
+            "cheaper_provider 'x' is not a configured provider",
+        ),
         ([1, 2], "must be a JSON object"),
         ("{not json", "invalid JSON at line 1 column 2"),
     ],

@@ -116,6 +116,17 @@ def test_parse_chat_rejects_bad_payloads(payload: dict[str, object]) -> None:
         parse_chat(chat_envelope(**payload))
 
 
+@pytest.mark.parametrize("stamp", [b"Infinity", b"-Infinity", b"NaN"])
+def test_parse_chat_rejects_non_finite_times(stamp: bytes) -> None:
+    # json.loads accepts these non-standard literals, so they can arrive off the bus.
+    data = (
+        b'{"event_name": "chatMsg", "channel": "c", "domain": "d", "payload": '
+        b'{"username": "a", "msg": "hi", "time": ' + stamp + b"}}"
+    )
+    with pytest.raises(MalformedEvent, match="finite"):
+        parse_chat(decode_envelope(data))
+
+
 def test_parse_chat_tolerates_odd_meta() -> None:
     parsed = parse_chat(chat_envelope(meta="weird"))
     assert parsed.shadow is False and parsed.add_class == ""

@@ -65,6 +65,7 @@ def base_config(nats_url: str, llm_base_url: str) -> dict[str, Any]:
         # Limits and loop guards get their own tests; here they must not get in the way.
         "rate_limits": LOOSE_LIMITS,
         "spam": LOOSE_SPAM,
+        "metrics": {"port": 0},  # a free port: services in tests must not clash
     }
 
 
