@@ -49,7 +49,9 @@ _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’»)\]]*(?=\s)")
 _WORD_BEFORE = re.compile(r"(\S+?)[.!?…]*$")
 
 _LINK_START = re.compile(r"(?i)(?:(?:https?|ftp)://|www\.)")
-_CODE_FENCE = re.compile(r"```[^\n`]*\n?(.*?)(?:```|\Z)", re.DOTALL)
+# An info string ("```bash") exists only when a newline follows it; "```kick him```" on one line
+# is code whose text must be kept, not an info string to drop.
+_CODE_FENCE = re.compile(r"```(?:[^\n`]{0,200}\n)?(.*?)(?:```|\Z)", re.DOTALL)
 # Every repetition in these patterns is bounded: unbounded ones go quadratic on hostile input
 # such as "**a **a **a ..." (a 50,000-character reply then takes seconds, blocking the loop).
 _IMAGE = re.compile(r"!\[([^\]\n]{0,200})\]\(([^)\s]{0,1000})\)")

@@ -28,6 +28,23 @@ _CHAT_RULES = (
     "a chat line."
 )
 _USERNAME_UNSAFE = re.compile(r"[^\w.\- ]")
+_CHAT_HEADER = "Recent chat, oldest first:"
+
+
+def _cost(lines: list[str]) -> int:
+    """Characters `lines` take in the prompt, one newline each."""
+    return sum(len(line) + 1 for line in lines)
+
+
+def _newest_that_fit(lines: list[str], room: int) -> list[str]:
+    """The longest run of the last `lines` within `room` characters, in their order."""
+    kept: list[str] = []
+    for line in reversed(lines):
+        if _cost([line]) > room:
+            break
+        room -= _cost([line])
+        kept.append(line)
+    return kept[::-1]
 
 
 def quote_data(text: str) -> str:
@@ -81,11 +98,9 @@ class PromptBuilder:
         """The request for one reply, trimmed to the configured character budget."""
         system = self._system_for(trigger)
         request_text = self._request_block(username, trigger)
-        history = self._history_lines(snapshot)
         budget = self.context.max_prompt_chars - len(system) - len(request_text)
-        while history and sum(len(h) + 1 for h in history) > budget:
-            history.pop(0)  # oldest first; the current message and system prompt stay whole
-        messages = self._conversation(snapshot, budget - sum(len(h) + 1 for h in history))
+        history = self._history_lines(snapshot, budget)
+        messages = self._conversation(snapshot, budget - _cost(history))
         user_content = "\n".join([*history, request_text]) if history else request_text
         messages.append(ChatMessage("user", user_content))
         return LLMRequest(system=system, messages=tuple(messages))
@@ -99,20 +114,33 @@ class PromptBuilder:
         parts.append(_DATA_SAFETY)
         return "\n\n".join(parts)
 
-    def _history_lines(self, snapshot: ContextSnapshot) -> list[str]:
-        lines: list[str] = []
-        if self.context.include_video_context and snapshot.video is not None:
-            video = snapshot.video
-            duration = (
-                f" ({_format_duration(video.duration_seconds)})" if video.duration_seconds else ""
-            )
-            lines.append(f"Now playing: <<<{quote_data(video.title)}>>>{duration}")
-        if self.context.include_chat_history and snapshot.chat:
-            lines.append("Recent chat, oldest first:")
-            lines += [
-                f"<<<{safe_username(user)}: {quote_data(text)}>>>" for user, text in snapshot.chat
-            ]
-        return lines
+    def _history_lines(self, snapshot: ContextSnapshot, budget: int) -> list[str]:
+        """The video line and the newest chat lines that fit in `budget` characters.
+
+        The oldest chat goes first; the video (what the room is watching *now*) is dropped
+        only when it cannot fit even without any chat, and the chat header never outlives
+        its lines.
+        """
+        video = self._video_lines(snapshot)
+        if _cost(video) > budget:
+            video = []
+        room = budget - _cost(video) - _cost([_CHAT_HEADER])
+        chat = _newest_that_fit(self._chat_lines(snapshot), room)
+        return video + ([_CHAT_HEADER, *chat] if chat else [])
+
+    def _video_lines(self, snapshot: ContextSnapshot) -> list[str]:
+        media = snapshot.video
+        if not self.context.include_video_context or media is None:
+            return []
+        duration = (
+            f" ({_format_duration(media.duration_seconds)})" if media.duration_seconds else ""
+        )
+        return [f"Now playing: <<<{quote_data(media.title)}>>>{duration}"]
+
+    def _chat_lines(self, snapshot: ContextSnapshot) -> list[str]:
+        if not self.context.include_chat_history:
+            return []
+        return [f"<<<{safe_username(user)}: {quote_data(text)}>>>" for user, text in snapshot.chat]
 
     def _conversation(self, snapshot: ContextSnapshot, budget: int) -> list[ChatMessage]:
         """Earlier exchanges with this user as real turns, newest kept when over budget."""
