@@ -51,6 +51,25 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument(
         "--rotated", action="store_true", help="include rotated files (LOGFILE.1, .2, ...)"
     )
+    replay = sub.add_parser(
+        "replay", help="run a recorded chat through the bot's decisions offline, and report"
+    )
+    replay.add_argument("transcript", type=Path, help="bridge events as JSONL, or user: message")
+    replay.add_argument(
+        "--config", type=Path, dest="replay_config", metavar="PATH", help="JSON config file"
+    )
+    replay.add_argument("--seed", type=int, default=1, help="seed for trigger rolls (default 1)")
+    replay.add_argument(
+        "--llm",
+        choices=("offline", "configured"),
+        default="offline",
+        help="the offline Markov stand-in (default) or the configured providers",
+    )
+    replay.add_argument(
+        "--interval", type=float, default=5.0, help="seconds between untimed lines (default 5)"
+    )
+    replay.add_argument("--channel", help="configured channel to replay into (default: first)")
+    replay.add_argument("--jsonl", type=Path, metavar="OUT", help="write the records here")
     return parser
 
 
@@ -81,6 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kryten_llm.stats import run_stats
 
         return run_stats(args.logfile, args.plot, sys.stdout, include_rotated=args.rotated)
+    if args.command == "replay":
+        from kryten_llm.replay import ReplayOptions, run_replay
+
+        options = ReplayOptions(args.seed, args.llm, args.interval, args.channel, args.jsonl)
+        return run_replay(
+            args.transcript, args.replay_config or args.config, options, args.log_level
+        )
     log_level = args.log_level or ("WARNING" if args.command == "demo" else "INFO")
     setup_logging(log_level)
     try:
@@ -96,4 +122,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run_demo(settings, log_level, lines=args.lines))
     from kryten_llm.service import run_service
 
-    return asyncio.run(run_service(settings, log_level))
+    return asyncio.run(run_service(settings, log_level, args.config, args.dry_run))
