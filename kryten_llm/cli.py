@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from kryten_llm import __version__
 from kryten_llm.config import ConfigError, load_settings
-from kryten_llm.logsetup import setup_logging
+from kryten_llm.logsetup import LOG_FORMATS, setup_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -32,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
         type=str.upper,
         choices=LOG_LEVELS,
         help="default INFO (WARNING for the demo, so the chat stays readable)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("KRYTEN_LLM_LOG_FORMAT", "text"),
+        help="text, or one JSON object per line (default: $KRYTEN_LLM_LOG_FORMAT or text)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="run everything but post nothing; log each line"
@@ -108,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.transcript, args.replay_config or args.config, options, args.log_level
         )
     log_level = args.log_level or ("WARNING" if args.command == "demo" else "INFO")
-    setup_logging(log_level)
+    setup_logging(log_level, args.log_format)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

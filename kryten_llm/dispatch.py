@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from kryten_llm.events import MalformedEvent, decode_envelope
 from kryten_llm.listener import InboundEvent
+from kryten_llm.logsetup import correlation_id
 from kryten_llm.pipeline import ReplyJob
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,12 @@ class Dispatcher:
         except MalformedEvent as exc:
             log.warning("malformed event on %s ignored: %s", event.subject, exc)
             return
-        job = self._decide(event_name_of(event.subject), envelope)
+        cid = envelope.get("correlation_id")
+        token = correlation_id.set(cid if isinstance(cid, str) else "")
+        try:
+            job = self._decide(event_name_of(event.subject), envelope)
+        finally:
+            correlation_id.reset(token)
         if job is None:
             return
         try:
@@ -91,6 +97,7 @@ class Dispatcher:
         while True:
             job = await self.replies.get()
             self.busy_workers += 1
+            token = correlation_id.set(job.correlation_id)
             try:
                 await self._reply(job)
             except asyncio.CancelledError:
@@ -103,6 +110,7 @@ class Dispatcher:
                     job.correlation_id,
                 )
             finally:
+                correlation_id.reset(token)
                 self.busy_workers -= 1
                 self.replies.task_done()
 

@@ -29,6 +29,7 @@ from kryten_llm.filters import MessageFilter
 from kryten_llm.formatter import ResponseFormatter
 from kryten_llm.guard import OutputGuard
 from kryten_llm.llm_manager import LLMManager
+from kryten_llm.logsetup import correlation_id
 from kryten_llm.metrics import Metrics
 from kryten_llm.prompts import PromptBuilder
 from kryten_llm.ranks import RankRegistry
@@ -47,6 +48,14 @@ log = logging.getLogger(__name__)
 RANK_EVENTS = frozenset({"adduser", "userlist", "setuserrank", "userleave"})
 INVISIBLE = frozenset({"server notice", "shadow-muted sender", "blank message"})
 """Lines that are not part of the room's visible conversation: not even remembered."""
+
+
+def usage_summary(result: LLMResult | None) -> str:
+    """Provider, model, LLM time and tokens of a reply, for the log line that reports it."""
+    if result is None:
+        return "no LLM result"
+    tokens = f"{result.prompt_tokens or '?'}+{result.completion_tokens or '?'} tokens"
+    return f"{result.provider}/{result.model}, LLM {result.latency_ms:.0f} ms, {tokens}"
 
 
 class EventClock:
@@ -199,14 +208,17 @@ class Pipeline:
         is_mention = trigger is not None and trigger.kind == "mention"
         verdict = self.spam.observe(line.channel, line.username, rank, line.text, is_mention)
         if trigger is None:
+            log.debug("no trigger in the line from %s in %s", line.username, line.channel)
             return None
         self.metrics.triggered(trigger.kind)
+        cid = line.correlation_id or str(uuid.uuid4())
+        correlation_id.set(cid)  # for the log lines below; the dispatcher resets it
         job = ReplyJob(
             line,
             trigger,
             snapshot,
             channel,
-            line.correlation_id or str(uuid.uuid4()),
+            cid,
             rank,
             trigger.provider,
         )
@@ -219,24 +231,22 @@ class Pipeline:
                 job = dataclasses.replace(job, provider=budget.provider)
         if held is not None:
             log.info(
-                "holding back %s from %s in %s: %s (%s) [%s]",
+                "holding back %s from %s in %s: %s (%s)",
                 trigger.kind,
                 line.username,
                 line.channel,
                 held[0],
                 held[1],
-                job.correlation_id,
             )
             self._log(job, *held)
             return None
         self._spend(job)
         log.info(
-            "%s %r from %s in %s [%s]",
+            "%s %r from %s in %s: answering",
             trigger.kind,
             trigger.name,
             line.username,
             line.channel,
-            job.correlation_id,
         )
         return job
 
@@ -285,7 +295,7 @@ class Pipeline:
             return sent
 
         outcome = await self.responder.respond(
-            request, job.provider, line.channel, job.trigger.message, send, job.correlation_id
+            request, job.provider, line.channel, job.trigger.message, send
         )
         cost = self._account(job, outcome.result, request)
         self.metrics.llm_attempts(outcome.attempts)
@@ -293,10 +303,9 @@ class Pipeline:
             self._after_send(job, outcome.sent, outcome.result, first_sent[0])
         else:
             log.warning(
-                "no reply to %s in %s [%s]: %s: %s",
+                "no reply to %s in %s: %s: %s",
                 line.username,
                 line.channel,
-                job.correlation_id,
                 outcome.outcome,
                 outcome.reason,
             )
@@ -327,6 +336,13 @@ class Pipeline:
         self, job: ReplyJob, sent: list[str], result: LLMResult | None, first_sent_at: float
     ) -> None:
         reply_text = " ".join(sent)
+        log.info(
+            "replied to %s in %s: %d line(s); %s",
+            job.line.username,
+            job.line.channel,
+            len(sent),
+            usage_summary(result),
+        )
         if not self.dry_run:
             self.metrics.sent(len(sent))
         if result is not None and result.latency_ms is not None:

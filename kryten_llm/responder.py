@@ -130,7 +130,6 @@ class Responder:
         channel: str,
         user_message: str,
         send: Send,
-        correlation_id: str,
     ) -> ReplyOutcome:
         """Stream the answer into chat; on a refused opening, apply the refusal action."""
         outcome = ReplyOutcome()
@@ -150,7 +149,7 @@ class Responder:
                 outcome.reason = f"ended early: {refusal.reason}"
                 return outcome
             await self._on_refused_opening(
-                request, provider, channel, user_message, send, outcome, refusal, correlation_id
+                request, provider, channel, user_message, send, outcome, refusal
             )
         return outcome
 
@@ -211,17 +210,15 @@ class Responder:
         send: Send,
         outcome: ReplyOutcome,
         refusal: _Refused,
-        correlation_id: str,
     ) -> None:
         action = self.validator.refusal_action(regenerated=False)
         if refusal.outcome == "guard_blocked" and action == "regenerate":
             action = "silent"  # the guard's verdict is final; a retry may say the same
         log.info(
-            "reply refused (%s: %s), action %s [%s]",
+            "reply refused (%s: %s), action %s",
             refusal.outcome,
             refusal.reason,
             action,
-            correlation_id,
         )
         outcome.outcome, outcome.reason = refusal.outcome, refusal.reason
         if action == "regenerate":

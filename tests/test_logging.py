@@ -1,0 +1,106 @@
+"""Structured logs: JSON lines, one correlation id through every stage, the operator's level."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from kryten_llm.logsetup import CorrelationFilter, correlation_id, setup_logging
+from tests.support.bridge import Bridge
+from tests.support.fake_llm import FakeLLM
+from tests.support.nats_server import NatsServer, free_port
+from tests.support.service import BOT, CHANNEL_A, make_settings, running_service
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.addFilter(CorrelationFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def collected() -> Iterator[Collect]:
+    handler = Collect()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+@pytest.fixture
+async def bridge(nats_server: NatsServer) -> AsyncIterator[Bridge]:
+    b = await Bridge.connect(nats_server.url)
+    yield b
+    await b.close()
+
+
+def test_json_lines_carry_the_correlation_id(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        setup_logging("INFO", "json")
+        token = correlation_id.set("cid-123")
+        logging.getLogger("kryten_llm.test").info("hello %s", "world")
+        correlation_id.reset(token)
+        logging.getLogger("kryten_llm.test").warning("no id here")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert lines[0]["message"] == "hello world" and lines[0]["correlation_id"] == "cid-123"
+    assert lines[0]["level"] == "INFO" and lines[0]["logger"] == "kryten_llm.test"
+    assert "correlation_id" not in lines[1]
+
+
+async def test_one_correlation_id_follows_a_message_through_every_stage(
+    nats_server: NatsServer, fake_llm: FakeLLM, bridge: Bridge, collected: Collect
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # the first provider refuses connections
+    settings = make_settings(
+        nats_server.url,
+        fake_llm.base_url,
+        llm_providers={
+            "dead": {"type": "openai_compatible", "base_url": dead, "model": "m", "priority": 1},
+            "fake": {"priority": 2},
+        },
+        llm_manager={"max_retries": 0},
+    )
+    fake_llm.reply_with("Found you through the fallback.")
+    async with running_service(settings):
+        await bridge.chat(CHANNEL_A, "Alice", f"{BOT} trace me")
+        await bridge.wait_for_says(1)
+    answering = [r for r in collected.records if "answering" in r.getMessage()]
+    assert len(answering) == 1
+    cid = answering[0].correlation_id  # type: ignore[attr-defined]
+    assert cid
+    mine = [r for r in collected.records if getattr(r, "correlation_id", "") == cid]
+    loggers = {r.name for r in mine}
+    assert {"kryten_llm.pipeline", "kryten_llm.llm_manager"} <= loggers
+    replied = [r.getMessage() for r in mine if "replied to" in r.getMessage()]
+    assert replied and "fake/fake-model" in replied[0] and "ms" in replied[0]
+    assert "42+7 tokens" in replied[0]
+    assert any("dead" in r.getMessage() for r in mine if r.name == "kryten_llm.llm_manager")
+
+
+async def test_kryten_py_does_not_override_the_operators_level(
+    nats_server: NatsServer, fake_llm: FakeLLM
+) -> None:
+    from kryten_llm.service import LLMService
+
+    for level in ("WARNING", "DEBUG"):
+        service = LLMService(make_settings(nats_server.url, fake_llm.base_url), log_level=level)
+        await service.start()
+        try:
+            assert logging.getLogger("kryten").level == logging.getLevelName(level)
+        finally:
+            await service.stop()
