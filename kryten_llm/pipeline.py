@@ -36,7 +36,7 @@ from kryten_llm.ranks import RankRegistry
 from kryten_llm.rate_limiter import RateLimiter
 from kryten_llm.responder import Responder
 from kryten_llm.response_log import ResponseLog, ResponseRecord
-from kryten_llm.sender import ChatSender
+from kryten_llm.sender import Sender
 from kryten_llm.spam import SpamGuard
 from kryten_llm.triggers import TriggerEngine
 from kryten_llm.types import Attempt, ChatLine, LLMRequest, LLMResult, Trigger
@@ -98,7 +98,7 @@ class Pipeline:
         settings: Settings,
         *,
         llm: LLMManager,
-        sender: ChatSender,
+        sender: Sender,
         response_log: ResponseLog,
         start_ms: int,
         usage: UsageTracker | None = None,

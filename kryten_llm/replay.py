@@ -18,14 +18,11 @@ next line is decided, so replies that feed back into decisions (the repetition c
 bot's share of the chat) are deterministic too. Every triggered line leaves one record in a
 real `ResponseLog` (`--jsonl OUT`, so `kryten-llm stats OUT` reads it; else a temporary file).
 
-Transcript formats, chosen by the first line that is not blank or a `#` comment:
-
-- JSONL: one bridge envelope per line, exactly as the bridge publishes it. The events the
-  service listens to (chatMsg, changeMedia, addUser, userlist, setUserRank, userLeave) are
-  applied; others (usercount, pm, ...) are counted and skipped, as the service never hears them.
-- plain text: `user: message`, optionally prefixed `[HH:MM:SS] `. Lines without a timestamp
-  come `--interval` seconds after the previous line; a timestamp more than 12 hours earlier
-  than the previous one is taken to be after midnight.
+Transcripts (JSONL bridge events, or plain `user: message` lines) are read by `transcript.py`,
+which also says what makes a line malformed. Of the events read, those the service listens to
+(chatMsg, changeMedia, addUser, userlist, setUserRank, userLeave) are applied; others
+(usercount, pm, ...) are counted and skipped, as the service never hears them. Plain lines
+without a timestamp come `--interval` seconds apart.
 
 Every event is replayed into one configured channel (`--channel`, default the first), so a chat
 recorded elsewhere can tune this configuration. Bad input never stops a replay: a malformed
@@ -36,22 +33,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import random
-import re
 import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import aiohttp
 
+from kryten_llm._tables import percent, safe, table
 from kryten_llm.config import (
     ChannelSettings,
     ConfigError,
@@ -59,8 +55,7 @@ from kryten_llm.config import (
     Settings,
     load_settings,
 )
-from kryten_llm.events import MalformedEvent, parse_chat, parse_media, subject_token
-from kryten_llm.guard import is_command_like
+from kryten_llm.events import subject_token
 from kryten_llm.listener import EVENTS
 from kryten_llm.llm_manager import LLMManager
 from kryten_llm.logsetup import setup_logging
@@ -72,23 +67,23 @@ from kryten_llm.response_log import (
     ResponseLogError,
     ResponseRecord,
 )
-from kryten_llm.sender import ChatSender
+from kryten_llm.sender import unsafe_part
 from kryten_llm.service import configured_secrets
-from kryten_llm.simulate import cytube_escape
-from kryten_llm.stats import safe
+from kryten_llm.transcript import (
+    DAY_SECONDS,
+    DEFAULT_INTERVAL_SECONDS,
+    MalformedLine,
+    TranscriptError,
+    TranscriptEvent,
+    TranscriptFile,
+    TranscriptParser,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SEED = 1
-DEFAULT_INTERVAL_SECONDS = 5.0
 MAX_INTERVAL_SECONDS = 86_400.0
-MAX_LINE_CHARS = 64_000
-"""Longer transcript lines are malformed: no chat line or bridge event is anywhere near this."""
-READ_BATCH_LINES = 2_000
 MALFORMED_EXAMPLES_MAX = 10
-DAY_SECONDS = 86_400
-MIDNIGHT_WRAP_SECONDS = 12 * 3600
-"""A plain-text timestamp this much earlier than the previous one means the next day."""
 LOG_QUEUE_HIGH_FRACTION = 0.5
 LOG_DRAIN_POLL_SECONDS = 0.005
 LOG_DRAIN_MAX_SECONDS = 10.0
@@ -100,211 +95,16 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 LLMChoice = Literal["offline", "configured"]
 LISTENED_EVENTS = frozenset(subject_token(e) for e in EVENTS)
 
-_PLAIN_LINE = re.compile(
-    r"^(?:\[(?P<h>\d{1,2}):(?P<m>\d{2}):(?P<s>\d{2})\]\s*)?(?P<user>[^\s:]{1,40}):(?P<text>.*)$"
-)
-
 
 class ReplayError(Exception):
-    """A problem the operator has to fix (unreadable transcript, unknown channel, bad option)."""
+    """A problem the operator has to fix (unreadable transcript, unknown channel, bad option).
+
+    An unreadable transcript arrives as `TranscriptError` and leaves `replay_transcript` as this.
+    """
 
     def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-# --- reading a transcript ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TranscriptEvent:
-    """One bridge event from a transcript line: `event_name` in CyTube's case, raw payload."""
-
-    line_no: int
-    event_name: str
-    payload: Any
-    correlation_id: str = ""
-
-    @property
-    def token(self) -> str:
-        """The event name as the subject (and so `Pipeline.decide`) carries it."""
-        return subject_token(self.event_name)
-
-    def envelope(self, channel: ChannelSettings) -> dict[str, Any]:
-        """The bridge envelope for this event, addressed to `channel`."""
-        return {
-            "event_name": self.event_name,
-            "payload": self.payload,
-            "channel": channel.channel,
-            "domain": channel.domain,
-            "timestamp": "",
-            "correlation_id": self.correlation_id,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class MalformedLine:
-    """A transcript line that could not be replayed, and why."""
-
-    line_no: int
-    reason: str
-
-
-TranscriptItem = TranscriptEvent | MalformedLine
-
-
-class TranscriptParser:
-    """Turns transcript lines into events, one at a time (it keeps the plain-text clock)."""
-
-    def __init__(self, interval_seconds: float = DEFAULT_INTERVAL_SECONDS) -> None:
-        self.interval_ms = round(interval_seconds * 1000)
-        self.format: Literal["jsonl", "plain"] | None = None
-        self._last_ms: int | None = None
-        self._last_stamp_seconds: int | None = None
-        self._day = 0
-
-    def parse(self, line_no: int, text: str) -> TranscriptItem | None:
-        """The event on this line, a MalformedLine, or None for blank lines and comments."""
-        stripped = text.strip()
-        if not stripped or stripped.startswith("#"):
-            return None
-        if len(stripped) > MAX_LINE_CHARS:
-            return MalformedLine(line_no, f"longer than {MAX_LINE_CHARS} characters")
-        if self.format is None:
-            self.format = "jsonl" if stripped.startswith("{") else "plain"
-        if self.format == "jsonl":
-            return self._parse_envelope(line_no, stripped)
-        return self._parse_plain(line_no, text.rstrip("\r\n"))
-
-    def _parse_envelope(self, line_no: int, text: str) -> TranscriptItem:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            return MalformedLine(line_no, f"not JSON ({type(exc).__name__})")
-        if not isinstance(data, dict):
-            return MalformedLine(line_no, "not a JSON object")
-        name = data.get("event_name")
-        if not isinstance(name, str) or not name.strip():
-            return MalformedLine(line_no, "no event_name")
-        correlation = data.get("correlation_id")
-        event = TranscriptEvent(
-            line_no,
-            name,
-            data.get("payload"),
-            correlation if isinstance(correlation, str) else "",
-        )
-        problem = _payload_problem(event)
-        return MalformedLine(line_no, problem) if problem else event
-
-    def _parse_plain(self, line_no: int, text: str) -> TranscriptItem:
-        match = _PLAIN_LINE.match(text.lstrip())
-        if match is None:
-            return MalformedLine(line_no, "not `user: message` or `[HH:MM:SS] user: message`")
-        if match["h"] is not None:
-            stamp = int(match["h"]) * 3600 + int(match["m"]) * 60 + int(match["s"])
-            if int(match["h"]) > 23 or int(match["m"]) > 59 or int(match["s"]) > 59:
-                return MalformedLine(line_no, f"bad time {match['h']}:{match['m']}:{match['s']}")
-            time_ms = self._stamped_ms(stamp)
-        else:
-            time_ms = 0 if self._last_ms is None else self._last_ms + self.interval_ms
-        self._last_ms = time_ms
-        payload: dict[str, Any] = {
-            "username": match["user"],
-            "msg": cytube_escape(match["text"].strip()),
-            "meta": {},
-            "time": time_ms,
-        }
-        return TranscriptEvent(line_no, "chatMsg", payload)
-
-    def _stamped_ms(self, stamp_seconds: int) -> int:
-        previous = self._last_stamp_seconds
-        if previous is not None and previous - stamp_seconds > MIDNIGHT_WRAP_SECONDS:
-            self._day += 1
-        self._last_stamp_seconds = stamp_seconds
-        return (self._day * DAY_SECONDS + stamp_seconds) * 1000
-
-
-def _payload_problem(event: TranscriptEvent) -> str | None:
-    """Why the service would reject this event's payload, or None if it is usable.
-
-    Rank events are checked by the rank registry itself as they are applied.
-    """
-    probe = {"payload": event.payload, "channel": "replay", "domain": "replay"}
-    try:
-        if event.token == "chatmsg":
-            parse_chat(probe)
-        elif event.token == "changemedia":
-            parse_media(probe)
-    except (MalformedEvent, ValueError, OverflowError) as exc:
-        return f"malformed {event.event_name}: {exc}"
-    return None
-
-
-def parse_transcript(
-    lines: Iterable[str], interval_seconds: float = DEFAULT_INTERVAL_SECONDS
-) -> Iterator[TranscriptItem]:
-    """Every event and malformed line of a transcript, in order (line numbers from 1)."""
-    parser = TranscriptParser(interval_seconds)
-    for line_no, text in enumerate(lines, start=1):
-        item = parser.parse(line_no, text)
-        if item is not None:
-            yield item
-
-
-class TranscriptFile:
-    """Reads a transcript in batches off the event loop, never holding an endless line whole."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handle: IO[str] | None = None
-        self._line_no = 0
-        self._in_long_line = False
-
-    async def open(self) -> None:
-        try:
-            self._handle = await asyncio.to_thread(
-                self.path.open, "r", encoding="utf-8", errors="replace"
-            )
-        except IsADirectoryError:
-            raise ReplayError(f"cannot read transcript {self.path}: it is a directory") from None
-        except OSError as exc:
-            raise ReplayError(
-                f"cannot read transcript {self.path}: {exc.strerror or type(exc).__name__}"
-            ) from None
-
-    async def next_batch(self) -> list[tuple[int, str | None]]:
-        """Up to READ_BATCH_LINES (line number, text) pairs; text None = line too long."""
-        assert self._handle is not None
-        try:
-            return await asyncio.to_thread(self._read_batch, self._handle)
-        except OSError as exc:
-            raise ReplayError(
-                f"reading transcript {self.path} failed at line {self._line_no + 1}: "
-                f"{exc.strerror or type(exc).__name__}"
-            ) from None
-
-    def _read_batch(self, handle: IO[str]) -> list[tuple[int, str | None]]:
-        batch: list[tuple[int, str | None]] = []
-        while len(batch) < READ_BATCH_LINES:
-            chunk = handle.readline(MAX_LINE_CHARS + 1)
-            if not chunk:
-                break
-            complete = chunk.endswith("\n")
-            if self._in_long_line:  # the rest of a line already reported as too long
-                self._in_long_line = not complete
-                continue
-            self._line_no += 1
-            if not complete and len(chunk) > MAX_LINE_CHARS:
-                self._in_long_line = True
-                batch.append((self._line_no, None))
-                continue
-            batch.append((self._line_no, chunk))
-        return batch
-
-    async def close(self) -> None:
-        if self._handle is not None:
-            await asyncio.to_thread(self._handle.close)
-            self._handle = None
 
 
 # --- the parts the pipeline talks to ----------------------------------------------------------
@@ -320,16 +120,18 @@ class SentLine:
     correlation_id: str
 
 
-class RecordingSender(ChatSender):
-    """A sender that posts nothing and never waits: it records each part with the event time.
+class RecordingSender:
+    """A `Sender` that posts nothing and never waits: it records each part with the event time.
 
-    It refuses the same parts `ChatSender` refuses (blank, or command-like), so a replay
-    predicts exactly what would reach chat. It reports dry run: nothing is posted and the
-    bot's lines will not come back as chat, so the pipeline remembers them itself.
+    It refuses the same parts `ChatSender` refuses (`unsafe_part`: blank, or command-like), so
+    a replay predicts exactly what would reach chat. It reports dry run: nothing is posted and
+    the bot's lines will not come back as chat, so the pipeline remembers them itself.
     """
 
+    dry_run = True
+
     def __init__(self, settings: Settings, clock: EventClock) -> None:
-        super().__init__(_never_send, settings.message_processing, dry_run=True)
+        self.command_prefixes = settings.message_processing.command_prefixes
         self.clock = clock
         self.lines: list[SentLine] = []
 
@@ -338,16 +140,12 @@ class RecordingSender(ChatSender):
     ) -> list[str]:
         sent: list[str] = []
         for part in parts:
-            if not part.strip() or is_command_like(part, self.settings.command_prefixes):
+            if unsafe_part(part, self.command_prefixes):
                 log.error("replay: refusing unsafe part in %s [%s]", channel, correlation_id)
                 continue
             self.lines.append(SentLine(self.clock(), channel, part, correlation_id))
             sent.append(part)
         return sent
-
-
-async def _never_send(channel: str, domain: str, text: str) -> object:
-    raise RuntimeError("the replay sender never posts to chat")
 
 
 class TappedResponseLog(ResponseLog):
@@ -513,17 +311,11 @@ class _Replayer:
         )
 
     async def run(self, transcript: TranscriptFile, parser: TranscriptParser) -> None:
-        while batch := await transcript.next_batch():
-            for line_no, text in batch:
-                item = (
-                    MalformedLine(line_no, f"longer than {MAX_LINE_CHARS} characters")
-                    if text is None
-                    else parser.parse(line_no, text)
-                )
-                if isinstance(item, MalformedLine):
-                    self.result.note_malformed(item)
-                elif item is not None:
-                    await self.event(item)
+        async for item in transcript.items(parser):
+            if isinstance(item, MalformedLine):
+                self.result.note_malformed(item)
+            else:
+                await self.event(item)
         self.result.format = parser.format or "empty"
         self.result.bot_lines = len(self.sender.lines)
 
@@ -661,6 +453,13 @@ async def replay_transcript(
     path: Path, settings: Settings, options: ReplayOptions = ReplayOptions()
 ) -> ReplayResult:
     """Replay `path` through the pipeline; raise ReplayError for problems the operator fixes."""
+    try:
+        return await _replay(path, settings, options)
+    except TranscriptError as exc:
+        raise ReplayError(str(exc)) from None
+
+
+async def _replay(path: Path, settings: Settings, options: ReplayOptions) -> ReplayResult:
     options.check()
     channel = pick_channel(settings, options.channel)
     transcript = TranscriptFile(path)
@@ -717,26 +516,6 @@ def duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def _table(headers: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
-    """Aligned columns: the first `text_columns` left-aligned (names), the rest right."""
-    if not rows:
-        return ["  (none)"]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            c.ljust(w) if i < text_columns else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  " + "  ".join(parts).rstrip()
-
-    return [line(headers), *(line(r) for r in rows)]
-
-
-def _pct(part: int, whole: int) -> str:
-    return f"{100 * part / whole:.1f}%" if whole else "-"
-
-
 def _trigger_label(decision: Decision) -> str:
     if decision.trigger_type == "mention":
         return "mention"
@@ -789,9 +568,9 @@ def _rate_rows(result: ReplayResult) -> list[list[str]]:
     per_hour = result.replies_per_hour
     return [
         ["chat lines replayed", str(result.chat_lines), ""],
-        ["triggered", str(triggered), _pct(triggered, result.chat_lines) + " of chat lines"],
-        ["replies", str(replies), _pct(replies, triggered) + " of triggered"],
-        ["bot chat lines", str(result.bot_lines), _pct(result.bot_lines, all_lines) + " of all"],
+        ["triggered", str(triggered), percent(triggered, result.chat_lines) + " of chat lines"],
+        ["replies", str(replies), percent(replies, triggered) + " of triggered"],
+        ["bot chat lines", str(result.bot_lines), percent(result.bot_lines, all_lines) + " of all"],
         [
             "replies per hour",
             f"{per_hour:.1f}" if per_hour is not None else "-",
@@ -804,14 +583,14 @@ def format_report(result: ReplayResult) -> str:
     """The replay as text: what the bot said and when, how often, and why it held back."""
     lines = [*_header(result), "", "What the bot would have said", *_said_lines(result)]
     lines += ["", "How often it would speak"]
-    lines += _table(["", "count", "share"], _rate_rows(result))
+    lines += table(["", "count", "share"], _rate_rows(result))
     triggered = len(result.decisions)
     held = triggered - len(result.replies)
     lines += ["", f"Why it held back: {held} of {triggered} triggered line(s)"]
-    lines += _table(
+    lines += table(
         ["outcome", "reason", "count", "share"],
         [
-            [safe(outcome), safe(reason, 48), str(n), _pct(n, triggered)]
+            [safe(outcome), safe(reason, 48), str(n), percent(n, triggered)]
             for (outcome, reason), n in result.outcome_table().most_common()
         ],
         text_columns=2,
@@ -823,7 +602,7 @@ def format_report(result: ReplayResult) -> str:
         fired[key] += 1
         answered[key] += decision.replied
     lines += ["", "Triggers"]
-    lines += _table(
+    lines += table(
         ["type", "name", "fired", "answered"],
         [[safe(k), safe(n), str(c), str(answered[(k, n)])] for (k, n), c in fired.most_common()],
         text_columns=2,
@@ -872,18 +651,13 @@ def run_replay(
 
 
 __all__ = [
-    "DEFAULT_INTERVAL_SECONDS",
     "DEFAULT_SEED",
     "Decision",
-    "MalformedLine",
     "RecordingSender",
     "ReplayError",
     "ReplayOptions",
     "ReplayResult",
-    "TranscriptEvent",
-    "TranscriptParser",
     "format_report",
-    "parse_transcript",
     "replay_transcript",
     "run_replay",
 ]

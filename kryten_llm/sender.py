@@ -4,6 +4,10 @@ kryten-py's own throttle is one lock for the whole process (1 s + jitter between
 sends), which would make one channel's reply wait for another's. We switch it off and pace
 each channel with a token bucket shaped like CyTube's antiflood instead, and keep the parts of
 one reply together and in order with `split_delay_seconds` between them.
+
+`Sender` is what the pipeline needs from whatever puts parts into chat: `ChatSender` here for
+the service, the replay's recorder for `kryten-llm replay`. Both refuse the same parts
+(`unsafe_part`), so a replay predicts exactly what would reach chat.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from kryten_llm.config import MessageProcessingSettings
 from kryten_llm.guard import is_command_like
@@ -21,6 +26,29 @@ log = logging.getLogger(__name__)
 
 SendChat = Callable[[str, str, str], Awaitable[object]]
 """(channel, domain, text) -> anything; in production a wrapper around client.send_chat."""
+
+
+class Sender(Protocol):
+    """Puts the parts of one reply into a channel's chat (or only pretends to, in dry run)."""
+
+    @property
+    def dry_run(self) -> bool:
+        """True when nothing reaches chat, so the bot's lines will not come back as chat."""
+        ...
+
+    async def send(
+        self, channel: str, domain: str, parts: Sequence[str], correlation_id: str = ""
+    ) -> list[str]:
+        """Post `parts` in order; return those that were posted (or would have been)."""
+        ...
+
+
+def unsafe_part(part: str, command_prefixes: Sequence[str]) -> bool:
+    """True for a part that must never reach chat: blank, or one CyTube could run as a command.
+
+    The last line of defence, independent of the formatter and guard.
+    """
+    return not part.strip() or is_command_like(part, command_prefixes)
 
 
 class TokenBucket:
@@ -83,14 +111,13 @@ class ChatSender:
     ) -> list[str]:
         """Publish `parts` in order; return those actually published (or logged, in dry run).
 
-        The command check here is the last line of defence, independent of the formatter
-        and guard: a part that could run as a CyTube command is never handed to the bus.
+        A part that could run as a CyTube command is never handed to the bus (`unsafe_part`).
         """
         sent: list[str] = []
         box = self._outbox(channel)
         async with box.lock:
             for index, part in enumerate(parts):
-                if not part.strip() or is_command_like(part, self.settings.command_prefixes):
+                if unsafe_part(part, self.settings.command_prefixes):
                     log.error(
                         "refusing to publish unsafe part %d in %s [%s]",
                         index,

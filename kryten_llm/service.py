@@ -108,6 +108,7 @@ class LLMService:
         self.dispatcher: Dispatcher | None = None
         self.pipeline: Pipeline | None = None
         self.llm: LLMManager | None = None
+        self.sender: ChatSender | None = None
         self.response_log = ResponseLog(
             settings.response_log, secrets=lambda: configured_secrets(self.settings)
         )
@@ -155,11 +156,11 @@ class LLMService:
         usage = UsageTracker(
             settings.usage, settings.llm_providers, on_budget_event=self._on_budget_event
         )
-        sender = ChatSender(self._send_chat, settings.message_processing, self.dry_run)
+        self.sender = ChatSender(self._send_chat, settings.message_processing, self.dry_run)
         return Pipeline(
             settings,
             llm=self.llm,
-            sender=sender,
+            sender=self.sender,
             response_log=self.response_log,
             usage=usage,
             metrics=self.metrics,
@@ -257,12 +258,10 @@ class LLMService:
     async def reload(self) -> dict[str, object]:
         """Re-read the config; apply it atomically or keep the old one (raises ConfigError)."""
         plan = load_for_reload(self.config_path, self.settings, self.force_dry_run)
-        if self.pipeline is not None and self.llm is not None:
+        if self.pipeline is not None and self.llm is not None and self.sender is not None:
             self.pipeline.apply(plan.settings)  # builds everything first; may raise
             self.llm.reconfigure(plan.settings.llm_providers, plan.settings.llm_manager)
-            self.pipeline.sender.reconfigure(
-                plan.settings.message_processing, plan.settings.testing.dry_run
-            )
+            self.sender.reconfigure(plan.settings.message_processing, plan.settings.testing.dry_run)
         self.settings = plan.settings
         log.info("configuration reloaded: applied %s", ", ".join(plan.applied) or "no changes")
         if plan.restart_required:

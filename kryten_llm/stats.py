@@ -32,9 +32,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-REPLY_OUTCOMES = frozenset({"sent", "dry_run"})
+from kryten_llm._tables import percent, safe, table
+from kryten_llm.response_log import REPLY_OUTCOMES
+
 TOP_USERS = 10
-DISPLAY_NAME_CHARS = 32
 EXIT_OK = 0
 EXIT_UNREADABLE = 1
 EXIT_NO_MATPLOTLIB = 2
@@ -133,60 +134,34 @@ def percentile(values: list[float], pct: float) -> float:
 # --- the text report -------------------------------------------------------------------------
 
 
-def safe(text: str, limit: int = DISPLAY_NAME_CHARS) -> str:
-    """Untrusted text made safe for a terminal: no control characters, bounded length."""
-    cleaned = "".join(c if c.isprintable() else "?" for c in text)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
-
-
-def _table(headers: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
-    """Aligned columns: the first `text_columns` left-aligned (names), the rest right (numbers)."""
-    if not rows:
-        return ["  (none)"]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            c.ljust(w) if i < text_columns else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  " + "  ".join(parts).rstrip()
-
-    return [line(headers), *(line(r) for r in rows)]
-
-
-def _pct(part: int, whole: int) -> str:
-    return f"{100 * part / whole:.1f}%" if whole else "-"
-
-
 def format_report(summary: Summary, source: str) -> str:
     total = summary.records
     lines = [f"Response log {source}: {total} record(s)"]
     if summary.malformed_lines:
         lines.append(f"  skipped {summary.malformed_lines} malformed line(s)")
     lines += ["", "Triggers fired"]
-    lines += _table(
+    lines += table(
         ["type", "name", "count", "share"],
         [
-            [safe(kind), safe(name), str(n), _pct(n, total)]
+            [safe(kind), safe(name), str(n), percent(n, total)]
             for (kind, name), n in summary.triggers.most_common()
         ],
         text_columns=2,
     )
     lines += [
         "",
-        f"Outcomes: {summary.replies} repl(ies) of {total} ({_pct(summary.replies, total)})",
+        f"Outcomes: {summary.replies} repl(ies) of {total} ({percent(summary.replies, total)})",
     ]
-    lines += _table(
+    lines += table(
         ["outcome", "reason", "count", "share"],
         [
-            [safe(outcome), safe(reason), str(n), _pct(n, total)]
+            [safe(outcome), safe(reason), str(n), percent(n, total)]
             for (outcome, reason), n in summary.outcomes.most_common()
         ],
         text_columns=2,
     )
     lines += ["", *_latency_lines(summary.latencies_ms), "", "Busiest users"]
-    lines += _table(
+    lines += table(
         ["user", "triggers", "replies"],
         [
             [safe(user), str(n), str(summary.user_replies[user])]
@@ -194,7 +169,7 @@ def format_report(summary: Summary, source: str) -> str:
         ],
     )
     lines += ["", "Replies per hour (UTC)"]
-    lines += _table(
+    lines += table(
         ["hour", "replies"],
         [[hour, str(n)] for hour, n in sorted(summary.replies_per_hour.items())],
     )
@@ -209,7 +184,7 @@ def _latency_lines(latencies: list[float]) -> list[str]:
     cells = [f"{percentile(latencies, p):.0f}" for p in (50, 95, 99)] + [f"{max(latencies):.0f}"]
     return [
         f"LLM latency (ms, {len(latencies)} call(s))",
-        *_table(["p50", "p95", "p99", "max"], [cells], text_columns=0),
+        *table(["p50", "p95", "p99", "max"], [cells], text_columns=0),
     ]
 
 

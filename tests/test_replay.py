@@ -19,18 +19,20 @@ from kryten_llm.cli import main
 from kryten_llm.config import Settings, build_settings
 from kryten_llm.guard import is_command_like
 from kryten_llm.replay import (
-    MAX_LINE_CHARS,
-    MalformedLine,
     ReplayError,
     ReplayOptions,
     ReplayResult,
-    TranscriptEvent,
     format_report,
-    parse_transcript,
     replay_transcript,
 )
 from kryten_llm.simulate import cytube_escape
 from kryten_llm.stats import run_stats
+from kryten_llm.transcript import (
+    MAX_LINE_CHARS,
+    MalformedLine,
+    TranscriptEvent,
+    parse_transcript,
+)
 from tests.support.fake_llm import FakeLLM
 
 DATA = Path(__file__).parent / "data"
