@@ -104,6 +104,18 @@ class _Refused(Exception):
         self.reason = reason
 
 
+@dataclass
+class ReplyContext:
+    """One reply in progress: what was asked, where it goes, and what became of it."""
+
+    request: LLMRequest
+    provider: str | None
+    channel: str
+    user_message: str
+    send: Send
+    outcome: ReplyOutcome = field(default_factory=ReplyOutcome)
+
+
 class Responder:
     """Writes one reply into chat from an LLM stream, chunk by chunk."""
 
@@ -132,47 +144,35 @@ class Responder:
         send: Send,
     ) -> ReplyOutcome:
         """Stream the answer into chat; on a refused opening, apply the refusal action."""
-        outcome = ReplyOutcome()
+        reply = ReplyContext(request, provider, channel, user_message, send)
+        outcome = reply.outcome
         try:
-            await self._stream(request, provider, channel, user_message, send, outcome)
+            await self._stream(reply)
             if not outcome.sent:  # the model spoke, but nothing survived formatting
                 raise _Refused("invalid", "empty after formatting")
         except LLMUnavailable as exc:
-            outcome.outcome, outcome.reason, outcome.attempts = (
-                "llm_failed",
-                exc.reason,
-                (exc.attempts),
-            )
-            return outcome
+            outcome.outcome, outcome.reason = "llm_failed", exc.reason
+            outcome.attempts = exc.attempts
         except _Refused as refusal:
             if outcome.sent:  # a later chunk: keep what was said, end the reply here
                 outcome.reason = f"ended early: {refusal.reason}"
-                return outcome
-            await self._on_refused_opening(
-                request, provider, channel, user_message, send, outcome, refusal
-            )
+            else:
+                await self._on_refused_opening(reply, refusal)
         return outcome
 
-    async def _stream(
-        self,
-        request: LLMRequest,
-        provider: str | None,
-        channel: str,
-        user_message: str,
-        send: Send,
-        outcome: ReplyOutcome,
-    ) -> None:
-        handle = self.llm.stream(request, preferred=provider)
+    async def _stream(self, reply: ReplyContext) -> None:
+        outcome = reply.outcome
+        handle = self.llm.stream(reply.request, preferred=reply.provider)
         chunker = SentenceChunker(self.line_limit)
         try:
             async for delta in handle:
                 for chunk in chunker.feed(delta):
-                    await self._emit(chunk, channel, user_message, send, outcome)
+                    await self._emit(chunk, reply)
                 if len(outcome.sent) >= self.max_parts:
                     outcome.reason = f"stopped at max_parts ({self.max_parts})"
                     return
             for chunk in chunker.finish():
-                await self._emit(chunk, channel, user_message, send, outcome)
+                await self._emit(chunk, reply)
         finally:
             await handle.aclose()
             if handle.done:
@@ -181,16 +181,15 @@ class Responder:
                 if handle.interrupted:
                     outcome.reason = f"stream interrupted ({handle.interrupted})"
 
-    async def _emit(
-        self, chunk: str, channel: str, user_message: str, send: Send, outcome: ReplyOutcome
-    ) -> None:
-        room = self.max_parts - len(outcome.sent)
+    async def _emit(self, chunk: str, reply: ReplyContext) -> None:
+        """Format, validate and guard one chunk, then send it; raise _Refused if refused."""
+        room = self.max_parts - len(reply.outcome.sent)
         if room <= 0:
             return
         parts = self.formatter.format(chunk)
         if not parts:
             return
-        verdict = self.validator.validate(channel, " ".join(parts), user_message)
+        verdict = self.validator.validate(reply.channel, " ".join(parts), reply.user_message)
         if not verdict.ok:
             raise _Refused("invalid", verdict.reason)
         guarded = self.guard.check(parts[:room])
@@ -199,32 +198,19 @@ class Responder:
         if guarded.blocked or not guarded.parts:
             reasons = "; ".join(d.reason for d in guarded.decisions) or "nothing left"
             raise _Refused("guard_blocked", reasons)
-        outcome.sent += await send(guarded.parts[:room])
+        reply.outcome.sent += await reply.send(guarded.parts[:room])
 
-    async def _on_refused_opening(
-        self,
-        request: LLMRequest,
-        provider: str | None,
-        channel: str,
-        user_message: str,
-        send: Send,
-        outcome: ReplyOutcome,
-        refusal: _Refused,
-    ) -> None:
+    async def _on_refused_opening(self, reply: ReplyContext, refusal: _Refused) -> None:
+        outcome = reply.outcome
         action = self.validator.refusal_action(regenerated=False)
         if refusal.outcome == "guard_blocked" and action == "regenerate":
             action = "silent"  # the guard's verdict is final; a retry may say the same
-        log.info(
-            "reply refused (%s: %s), action %s",
-            refusal.outcome,
-            refusal.reason,
-            action,
-        )
+        log.info("reply refused (%s: %s), action %s", refusal.outcome, refusal.reason, action)
         outcome.outcome, outcome.reason = refusal.outcome, refusal.reason
         if action == "regenerate":
             outcome.regenerated = True
             try:
-                await self._complete_once(request, provider, channel, user_message, send, outcome)
+                await self._complete_once(reply)
                 return
             except LLMUnavailable as exc:
                 outcome.outcome, outcome.reason = "llm_failed", f"regenerate: {exc.reason}"
@@ -233,28 +219,23 @@ class Responder:
                 outcome.outcome, outcome.reason = again.outcome, f"regenerated: {again.reason}"
                 action = self.validator.refusal_action(regenerated=True)
         if action == "fallback":
-            await self._send_fallback(channel, send, outcome)
+            await self._send_fallback(reply)
 
-    async def _complete_once(
-        self,
-        request: LLMRequest,
-        provider: str | None,
-        channel: str,
-        user_message: str,
-        send: Send,
-        outcome: ReplyOutcome,
-    ) -> None:
-        result = await self.llm.complete(request, preferred=provider)
-        outcome.result, outcome.attempts = result, result.attempts
-        await self._emit(result.text, channel, user_message, send, outcome)
-        outcome.outcome = "sent"
-        outcome.reason = "regenerated after refusal"
+    async def _complete_once(self, reply: ReplyContext) -> None:
+        result = await self.llm.complete(reply.request, preferred=reply.provider)
+        reply.outcome.result, reply.outcome.attempts = result, result.attempts
+        await self._emit(result.text, reply)
+        if not reply.outcome.sent:
+            raise _Refused("invalid", "empty after formatting")
+        reply.outcome.outcome = "sent"
+        reply.outcome.reason = "regenerated after refusal"
 
-    async def _send_fallback(self, channel: str, send: Send, outcome: ReplyOutcome) -> None:
+    async def _send_fallback(self, reply: ReplyContext) -> None:
         parts = self.formatter.format(self.validator.fallback_response)
         guarded = self.guard.check(parts[: self.max_parts])
         if guarded.blocked or not guarded.parts:
             return
-        outcome.sent += await send(guarded.parts)
+        outcome = reply.outcome
+        outcome.sent += await reply.send(guarded.parts)
         outcome.outcome = "sent"
         outcome.reason = f"fallback after refusal: {outcome.reason}"

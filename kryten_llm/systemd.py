@@ -77,6 +77,9 @@ class SystemdNotifier:
         self.watchdog_interval_seconds = watchdog_seconds(env) if self._address else None
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        """A failure is logged once, until a send succeeds again: a stuck systemd must not
+        turn every watchdog ping into a log line."""
 
     @property
     def enabled(self) -> bool:
@@ -92,8 +95,13 @@ class SystemdNotifier:
                 self._socket.setblocking(False)
             self._socket.sendto(state.encode("utf-8"), self._address)
         except OSError as exc:  # includes BlockingIOError: never wait on systemd
-            log.debug("systemd: notify %r failed: %s", state.split("=", 1)[0], exc)
+            if not self._failing:
+                log.warning("systemd: notify %r failed: %s", state.split("=", 1)[0], exc)
+            self._failing = True
             return False
+        if self._failing:
+            log.info("systemd: notifications are getting through again")
+            self._failing = False
         return True
 
     def ready(self, status: str | None = None) -> bool:
