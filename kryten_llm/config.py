@@ -35,20 +35,25 @@ ENV_PREFIX = "KRYTEN_LLM_"
 class Section(BaseModel):
     """Base for config sections: unknown keys are errors, so typos are reported, not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class NatsSettings(Section):
     """How to reach the NATS server the Kryten bridge publishes on."""
 
     url: str = "nats://127.0.0.1:4222"
+    """The NATS server the bridge publishes on."""
     servers: list[str] = Field(
         default_factory=list, description="Extra servers for a cluster; `url` is always first."
     )
     user: str | None = None
+    """NATS user name, if the server requires one."""
     password: SecretStr | None = None
+    """NATS password (prefer KRYTEN_LLM_NATS_PASSWORD)."""
     token: SecretStr | None = None
+    """NATS token (prefer KRYTEN_LLM_NATS_TOKEN)."""
     connect_timeout_seconds: Annotated[int, Field(ge=1, le=120)] = 10
+    """How long to wait for the first connection before giving up."""
 
     def server_list(self) -> list[str]:
         return [self.url, *[s for s in self.servers if s != self.url]]
@@ -58,8 +63,11 @@ class ChannelSettings(Section):
     """One CyTube channel: where replies go and which name is the bot's own."""
 
     domain: Annotated[str, Field(min_length=1)] = "cytu.be"
+    """CyTube server, exactly as the bridge is configured (commands are matched on it)."""
     channel: Annotated[str, Field(min_length=1)] = "lounge"
+    """Channel name, as the bridge is configured."""
     username: Annotated[str, Field(min_length=1)] = "CynthiaRothbot"
+    """The bot's CyTube account: its own lines are never answered."""
 
     @field_validator("domain", "channel", "username")
     @classmethod
@@ -73,18 +81,26 @@ class PersonalitySettings(Section):
     """Who the bot is. The system prompt is built from this unless a file replaces it."""
 
     character_name: Annotated[str, Field(min_length=1)] = "CynthiaRothbot"
+    """Who the bot is, and a name it answers to."""
     character_description: str = (
         "a martial-arts movie legend turned chat regular in a bad-movie screening room"
     )
+    """One line on who the character is, for the system prompt."""
     personality_traits: list[str] = Field(
         default_factory=lambda: ["confident", "dry-witted", "supportive", "a little cheesy"]
     )
+    """Adjectives for the system prompt."""
     expertise: list[str] = Field(
         default_factory=lambda: ["martial arts", "action movies", "B-movies", "film trivia"]
     )
+    """Topics the character knows well."""
     response_style: str = "short, punchy, playful; one or two sentences"
+    """How replies should sound."""
     name_variations: list[str] = Field(default_factory=lambda: ["cynthia", "rothrock"])
+    """Other names it answers to (whole words, any case); also removed from the self-referential
+    openings the formatter strips."""
     system_prompt_file: Path | None = None
+    """A text file used verbatim as the system prompt instead of the fields above."""
 
     @field_validator("system_prompt_file")
     @classmethod
@@ -107,11 +123,15 @@ class ProviderSettings(Section):
     """
 
     type: ProviderType = "openai_compatible"
+    """Wire format: openai_compatible, openrouter, ollama, anthropic or gemini."""
     base_url: Annotated[str, Field(min_length=1)] = "http://127.0.0.1:11434/v1"
+    """The endpoint (http or https), e.g. https://api.openai.com/v1 or http://gpu-box:11434."""
     model: Annotated[str, Field(min_length=1)] = "llama3.2"
+    """Model name as the provider knows it."""
     api_key: SecretStr | None = None
     api_key_env: str | None = None
     enabled: bool = True
+    """A disabled provider is never called."""
     priority: int = Field(100, description="Lower is tried first.")
     fallback: list[str] = Field(
         default_factory=list,
@@ -119,17 +139,21 @@ class ProviderSettings(Section):
     )
     stream: bool = Field(True, description="Stream replies when the caller asks for a stream.")
     max_tokens: Annotated[int, Field(ge=1, le=32_000)] = 256
+    """Upper bound on the reply length the model may generate."""
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.8
+    """Sampling temperature (Anthropic caps it at 1.0)."""
     timeout_seconds: Annotated[float | None, Field(gt=0, le=300)] = Field(
         None, description="Per-attempt timeout; unset means `llm_manager.attempt_timeout_seconds`."
     )
     extra_headers: dict[str, str] = Field(default_factory=dict)
+    """Additional HTTP headers sent with every request."""
     keep_alive: str | int | None = Field(
         None, description="ollama only: how long the model stays loaded (`5m`, `-1`, seconds)."
     )
     http_referer: str | None = Field(None, description="openrouter only: `HTTP-Referer` header.")
     x_title: str | None = Field(None, description="openrouter only: `X-Title` header.")
     anthropic_version: Annotated[str, Field(min_length=1)] = "2023-06-01"
+    """anthropic only: the `anthropic-version` header."""
 
     @field_validator("base_url")
     @classmethod
@@ -183,7 +207,9 @@ class LLMSettings(Section):
         2, description="Retries per provider, for retryable failures only."
     )
     backoff_base_seconds: Annotated[float, Field(ge=0, le=60)] = 0.5
+    """First retry delay; doubles per retry."""
     backoff_max_seconds: Annotated[float, Field(ge=0, le=300)] = 4.0
+    """Longest retry delay."""
     jitter_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
         0.5, description="Each backoff is scaled by a random factor in [1 - j, 1 + j]."
     )
@@ -194,16 +220,22 @@ class LLMSettings(Section):
         20, description="How many recent outcomes per provider the circuit breaker weighs."
     )
     breaker_failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """Failure share in the window that opens a provider's circuit breaker."""
     breaker_min_calls: Annotated[int, Field(ge=1, le=1000)] = 5
+    """Calls in the window before the breaker may open."""
     breaker_cooldown_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    """How long an open provider is skipped before one probe call."""
     health_check_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    """Timeout of the startup availability check of each provider."""
 
 
 class ModelPrice(Section):
     """What one model costs, in USD per million tokens."""
 
     input_per_million_usd: Annotated[float, Field(ge=0)] = 0.0
+    """Price of a million prompt tokens."""
     output_per_million_usd: Annotated[float, Field(ge=0)] = 0.0
+    """Price of a million completion tokens."""
 
 
 class UsageSettings(Section):
@@ -217,6 +249,7 @@ class UsageSettings(Section):
     channel_daily_budget_usd: Annotated[float | None, Field(ge=0)] = None
     user_daily_budget_usd: Annotated[float | None, Field(ge=0)] = None
     on_budget_exhausted: Literal["cheaper_provider", "silent"] = "silent"
+    """What to do when a daily budget is spent: switch to `cheaper_provider`, or stay silent."""
     cheaper_provider: str | None = Field(
         None, description="The provider used once a budget is spent (`cheaper_provider` mode)."
     )
@@ -235,14 +268,22 @@ class TriggerSettings(Section):
     """A word or pattern that may make the bot speak without being named."""
 
     name: Annotated[str, Field(min_length=1)]
+    """Unique name, shown in logs, the response log and stats."""
     patterns: Annotated[list[str], Field(min_length=1)]
+    """Whole words or phrases (case-insensitive), or regular expressions prefixed `re:`."""
     probability: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """Chance (0..1) that a matching line is answered."""
     cooldown_seconds: Annotated[float, Field(ge=0)] = 300.0
+    """Silence for this trigger after it answered, per channel."""
     context: str = ""
+    """Situation text added to the system prompt for this trigger."""
     response_style: str | None = None
     max_responses_per_hour: Annotated[int, Field(ge=0)] = 10
+    """Hourly cap for this trigger, per channel."""
     priority: int = 5
+    """When several triggers match, the highest priority wins (mentions beat all)."""
     enabled: bool = True
+    """A disabled trigger never fires."""
     provider: str | None = None
 
     @field_validator("patterns")
@@ -269,14 +310,23 @@ class RateLimitSettings(Section):
     """
 
     global_max_per_minute: Annotated[int, Field(ge=0)] = 2
+    """Replies per minute in one channel."""
     global_max_per_hour: Annotated[int, Field(ge=0)] = 20
+    """Replies per hour in one channel."""
     global_cooldown_seconds: Annotated[float, Field(ge=0)] = 15.0
+    """Silence in a channel after each reply."""
     user_max_per_hour: Annotated[int, Field(ge=0)] = 5
+    """Replies per hour to one user."""
     user_cooldown_seconds: Annotated[float, Field(ge=0)] = 60.0
+    """Silence towards a user after replying to them."""
     mention_cooldown_seconds: Annotated[float, Field(ge=0)] = 120.0
+    """Minimum time between answered mentions from one user."""
     admin_min_rank: Annotated[float, Field(ge=0)] = 2.0
+    """Users at or above this CyTube rank (2 = moderator) get the multipliers below."""
     admin_cooldown_multiplier: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """Their cooldowns are multiplied by this (0.5 halves them)."""
     admin_limit_multiplier: Annotated[float, Field(ge=1, le=100)] = 2.0
+    """Their limits are multiplied by this."""
     max_tracked_users: Annotated[int, Field(ge=10, le=1_000_000)] = Field(
         10_000, description="Hard cap on remembered (channel, user) pairs; least recent go first."
     )
@@ -292,38 +342,60 @@ class SpamSettings(Section):
     """
 
     enabled: bool = True
+    """Spam detection on or off (loop and share caps always apply)."""
     other_bots: list[str] = Field(
         default_factory=list, description="Other bots in the room: never answered, never counted."
     )
     flood_window_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """Window for counting one user's lines."""
     flood_max_messages: Annotated[int, Field(ge=1, le=1000)] = 6
+    """More lines than this in the window is flooding."""
     repeat_window_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    """Window for spotting a repeated message."""
     repeat_max_identical: Annotated[int, Field(ge=1, le=100)] = 2
+    """More identical lines than this in the window is spam."""
     mention_window_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Window for counting one user's mentions of the bot."""
     mention_max: Annotated[int, Field(ge=1, le=100)] = 3
+    """More mentions than this in the window is spam."""
     penalty_initial_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+    """First penalty: the user's triggers are held back this long."""
     penalty_multiplier: Annotated[float, Field(ge=1, le=100)] = 2.0
+    """Each further offence multiplies the penalty by this."""
     penalty_max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 900.0
+    """The longest penalty."""
     penalty_decay_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    """Each quiet period this long after a penalty forgives one level."""
     reply_window_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    """Window for the cap on the bot's replies in a channel."""
     max_replies_per_window: Annotated[int, Field(ge=0, le=10_000)] = 10
+    """The bot's replies per window in a channel, at most."""
     max_consecutive_replies_to_user: Annotated[int, Field(ge=1, le=1000)] = 4
+    """Replies in a row to one user before someone else must speak."""
     streak_reset_lines: Annotated[int, Field(ge=1, le=1000)] = Field(
         3, description="Lines from other people that end a reply streak with one user."
     )
     streak_reset_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    """A reply streak ends after this long without a reply."""
     max_chat_share: Annotated[float, Field(gt=0, le=1)] = 0.05
+    """The bot's lines stay under this share of recent chat lines."""
     chat_share_window_lines: Annotated[int, Field(ge=10, le=10_000)] = 200
+    """Recent chat lines the share is measured over."""
     chat_share_window_seconds: Annotated[float, Field(gt=0, le=86_400)] = 1800.0
+    """...no older than this."""
     chat_share_min_sample_lines: Annotated[int, Field(ge=1, le=10_000)] = 20
+    """The share is judged only once the window holds this many lines."""
     max_tracked_users: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
+    """Users tracked at once per process (least recently active forgotten first)."""
 
 
 class ResponseLogSettings(Section):
     """The JSONL record of every triggered message: what `kryten-llm stats` reads."""
 
     enabled: bool = True
+    """Write the response log."""
     path: Path = Path("logs/responses.jsonl")
+    """The JSONL file (directories are not created)."""
     max_bytes: Annotated[int, Field(ge=0)] = Field(
         10_000_000, description="Rotate when the file would grow past this; 0 never rotates."
     )
@@ -331,6 +403,7 @@ class ResponseLogSettings(Section):
         5, description="Rotated files kept (responses.jsonl.1 ...); 0 discards on rotation."
     )
     queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    """Records waiting for the writer thread before new ones are dropped (with a warning)."""
 
 
 class MessageProcessingSettings(Section):
@@ -340,15 +413,21 @@ class MessageProcessingSettings(Section):
         240, description="Per chat line, in UTF-16 code units (CyTube's own unit)."
     )
     max_parts: Annotated[int, Field(ge=1, le=10)] = 3
+    """Chat lines one reply may become."""
     split_delay_seconds: Annotated[float, Field(ge=0, le=30)] = 1.0
+    """Pause between the lines of one reply."""
     command_prefixes: list[str] = Field(
         default_factory=lambda: ["/", "!", "."],
         description="Leading characters that CyTube or other bots treat as commands.",
     )
     queue_size: Annotated[int, Field(ge=1, le=100_000)] = 200
+    """Bound of the inbound event queue and of the reply queue (full: newest dropped, logged)."""
     workers: Annotated[int, Field(ge=1, le=256)] = 16
+    """Replies written at once (LLM calls in flight)."""
     send_burst: Annotated[int, Field(ge=1, le=20)] = 4
+    """Lines the bot may send at once in a channel (CyTube antiflood: 4 below rank 2)."""
     send_rate_per_second: Annotated[float, Field(gt=0, le=10)] = 1.0
+    """Sustained lines per second per channel (CyTube antiflood: 1 below rank 2)."""
     continuation_indicator: Annotated[str, Field(max_length=8)] = Field(
         "...",
         description="Appended to a part cut mid-sentence; counts inside max_message_length.",
@@ -453,6 +532,7 @@ class ValidationSettings(Section):
     """Which replies are refused before they are sent, and what happens then."""
 
     enabled: bool = True
+    """Validation on or off."""
     min_length: Annotated[int, Field(ge=1, le=1000)] = Field(
         2, description="In UTF-16 code units, after formatting."
     )
@@ -466,13 +546,18 @@ class ValidationSettings(Section):
         10, description="Recent replies remembered per channel; 0 disables the check."
     )
     max_channels: Annotated[int, Field(ge=1, le=10_000)] = 256
+    """Channels whose recent replies are remembered."""
     relevance_check: bool = False
+    """Refuse replies that share too few words with the user's message."""
     min_relevance: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         0.1, description="Share of the user's content words the reply must echo."
     )
     blocked_words: list[str] = Field(default_factory=list)
+    """Replies containing these whole words are refused."""
     blocked_patterns: list[str] = Field(default_factory=list)
+    """Replies matching these regular expressions are refused."""
     on_refusal: Literal["regenerate", "fallback", "silent"] = "regenerate"
+    """regenerate (once, then fallback or silence), fallback, or silent."""
     fallback_response: str = Field(
         "", description="Sent on refusal with on_refusal=fallback (and after a failed regenerate)."
     )
@@ -497,21 +582,27 @@ class TestingSettings(Section):
     __test__ = False  # not a pytest test class, despite the name
 
     dry_run: bool = False
+    """Run everything, post nothing; each would-be line is logged (same as --dry-run)."""
 
 
 class ContextSettings(Section):
     """What the bot remembers of the room."""
 
     chat_history_size: Annotated[int, Field(ge=0, le=200)] = 30
+    """Recent chat lines remembered per channel for the prompt."""
     include_video_context: bool = True
+    """Tell the model what is playing."""
     include_chat_history: bool = True
+    """Show the model recent chat."""
     max_prompt_chars: Annotated[int, Field(ge=500, le=200_000)] = 6000
+    """Prompt budget; the oldest history is cut first, never the message or system prompt."""
 
 
 class ListenerSettings(Section):
     """Which senders are never answered."""
 
     ignored_users: list[str] = Field(default_factory=list)
+    """Users never answered (case-insensitive)."""
 
 
 class ServiceSettings(Section):
@@ -536,6 +627,7 @@ class MetricsSettings(Section):
     """The HTTP endpoint with Prometheus `/metrics` and JSON `/health`."""
 
     enabled: bool = True
+    """Serve /metrics and /health over HTTP."""
     host: Annotated[str, Field(min_length=1)] = Field(
         "127.0.0.1", description="Loopback by default: metrics are not for the internet."
     )
@@ -548,6 +640,7 @@ class ControlSettings(Section):
     """The NATS micro service (`nats micro ls`) with status/health/reload/pause/resume."""
 
     enabled: bool = True
+    """Register the NATS micro service (nats micro ls / info / stats / ping)."""
     token: SecretStr | None = Field(
         None,
         description="Required by reload/pause/resume (header `Authorization: Bearer <token>` "
