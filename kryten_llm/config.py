@@ -395,7 +395,8 @@ class ResponseLogSettings(Section):
     enabled: bool = True
     """Write the response log."""
     path: Path = Path("logs/responses.jsonl")
-    """The JSONL file (directories are not created)."""
+    """The JSONL file; missing directories are created. Relative paths start in the working
+    directory."""
     max_bytes: Annotated[int, Field(ge=0)] = Field(
         10_000_000, description="Rotate when the file would grow past this; 0 never rotates."
     )

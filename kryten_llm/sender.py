@@ -118,12 +118,8 @@ class ChatSender:
         async with box.lock:
             for index, part in enumerate(parts):
                 if unsafe_part(part, self.settings.command_prefixes):
-                    log.error(
-                        "refusing to publish unsafe part %d in %s [%s]",
-                        index,
-                        channel,
-                        correlation_id,
-                    )
+                    # The log context already carries the correlation id.
+                    log.error("refusing to publish unsafe part %d in %s", index, channel)
                     continue
                 if sent and self.settings.split_delay_seconds:
                     await asyncio.sleep(self.settings.split_delay_seconds)
