@@ -36,16 +36,10 @@ class AnthropicProvider(Provider):
     def root(self) -> str:
         return strip_suffix(self.settings.base_url, "/v1")
 
-    def headers(self) -> dict[str, str]:
-        headers = {
-            "Content-Type": "application/json",
-            "anthropic-version": self.settings.anthropic_version,
-            **self.settings.extra_headers,
-        }
-        key = self.settings.resolve_api_key()
-        if key:
-            headers["x-api-key"] = key
-        return headers
+    key_header = ("x-api-key", "{key}")
+
+    def fixed_headers(self) -> dict[str, str]:
+        return {"anthropic-version": self.settings.anthropic_version}
 
     def models_url(self) -> str:
         return f"{self.root}/v1/models"
@@ -96,13 +90,12 @@ class AnthropicProvider(Provider):
         if not text.strip():
             raise self._error("empty", "response has no text content")
         usage = as_dict(data.get("usage"))
-        return LLMResult(
-            text=text,
-            provider=self.name,
-            model=str(data.get("model") or self.model),
-            latency_ms=self._elapsed_ms(started),
-            prompt_tokens=int_or_none(usage.get("input_tokens")),
-            completion_tokens=int_or_none(usage.get("output_tokens")),
+        return self._result(
+            text,
+            data.get("model"),
+            started,
+            int_or_none(usage.get("input_tokens")),
+            int_or_none(usage.get("output_tokens")),
         )
 
     async def stream(

@@ -204,9 +204,43 @@ class Provider(ABC):
         """
         return self.stream_via_complete(session, request, timeout_seconds)
 
-    @abstractmethod
+    key_header: tuple[str, str] = ("Authorization", "Bearer {key}")
+    """Where this wire format carries the API key: header name and value template."""
+
+    def fixed_headers(self) -> dict[str, str]:
+        """Headers the wire format always needs (besides content type and key)."""
+        return {}
+
     def headers(self) -> dict[str, str]:
         """Request headers, including the key (headers are the only place a key may go)."""
+        headers = {
+            "Content-Type": "application/json",
+            **self.fixed_headers(),
+            **self.settings.extra_headers,
+        }
+        key = self.settings.resolve_api_key()
+        if key:
+            name, template = self.key_header
+            headers[name] = template.format(key=key)
+        return headers
+
+    def _result(
+        self,
+        text: str,
+        reported_model: object,
+        started: float,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+    ) -> LLMResult:
+        """The LLMResult of a completed call (the model as reported, else as configured)."""
+        return LLMResult(
+            text=text,
+            provider=self.name,
+            model=str(reported_model or self.model),
+            latency_ms=self._elapsed_ms(started),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
 
     @abstractmethod
     def models_url(self) -> str:

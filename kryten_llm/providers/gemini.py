@@ -41,12 +41,7 @@ class GeminiProvider(Provider):
     def model_path(self) -> str:
         return quote(self.model.removeprefix("models/"), safe="-._~")
 
-    def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **self.settings.extra_headers}
-        key = self.settings.resolve_api_key()
-        if key:
-            headers["x-goog-api-key"] = key
-        return headers
+    key_header = ("x-goog-api-key", "{key}")
 
     def models_url(self) -> str:
         return f"{self.root}/v1beta/models"
@@ -92,13 +87,8 @@ class GeminiProvider(Provider):
         if not text.strip():
             raise self._error("empty", "response has no text content")
         prompt_tokens, completion_tokens = _usage(data)
-        return LLMResult(
-            text=text,
-            provider=self.name,
-            model=str(data.get("modelVersion") or self.model),
-            latency_ms=self._elapsed_ms(started),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+        return self._result(
+            text, data.get("modelVersion"), started, prompt_tokens, completion_tokens
         )
 
     async def stream(

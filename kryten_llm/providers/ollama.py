@@ -33,13 +33,6 @@ class OllamaProvider(Provider):
         # The shared default base_url is the OpenAI-style `.../v1`; the native API sits above.
         return strip_suffix(self.settings.base_url, "/v1", "/api")
 
-    def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **self.settings.extra_headers}
-        key = self.settings.resolve_api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
     def models_url(self) -> str:
         return f"{self.root}/api/tags"
 
@@ -88,13 +81,12 @@ class OllamaProvider(Provider):
         content = message.get("content")
         if not isinstance(content, str) or not content.strip():
             raise self._error("empty", "response has no message content")
-        return LLMResult(
-            text=content,
-            provider=self.name,
-            model=str(data.get("model") or self.model),
-            latency_ms=self._elapsed_ms(started),
-            prompt_tokens=int_or_none(data.get("prompt_eval_count")),
-            completion_tokens=int_or_none(data.get("eval_count")),
+        return self._result(
+            content,
+            data.get("model"),
+            started,
+            int_or_none(data.get("prompt_eval_count")),
+            int_or_none(data.get("eval_count")),
         )
 
     async def stream(

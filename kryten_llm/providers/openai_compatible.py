@@ -34,13 +34,6 @@ class OpenAICompatibleProvider(Provider):
     `usage` (asked for via `stream_options.include_usage`), then `data: [DONE]`.
     """
 
-    def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **self.settings.extra_headers}
-        key = self.settings.resolve_api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
     def models_url(self) -> str:
         return f"{self.settings.base_url}/models"
 
@@ -79,13 +72,12 @@ class OpenAICompatibleProvider(Provider):
         )
         text = self._content(data)
         usage = as_dict(data.get("usage"))
-        return LLMResult(
-            text=text,
-            provider=self.name,
-            model=str(data.get("model") or self.settings.model),
-            latency_ms=self._elapsed_ms(started),
-            prompt_tokens=int_or_none(usage.get("prompt_tokens")),
-            completion_tokens=int_or_none(usage.get("completion_tokens")),
+        return self._result(
+            text,
+            data.get("model"),
+            started,
+            int_or_none(usage.get("prompt_tokens")),
+            int_or_none(usage.get("completion_tokens")),
         )
 
     async def stream(
