@@ -4,13 +4,27 @@ kryten-py 0.17.5 keeps its nats-py connection private (`KrytenClient._nats`) and
 accessor. We need the connection itself for three things kryten-py does not wrap: the real
 connection state (kryten-py's `is_connected` stays true while the link is down), JetStream
 KV reads with proper error types, and `nats.micro`. Everything else goes through kryten-py.
+
+`connect()` also subscribes `kryten.events.cytube.{channel}.>` for kryten-py's typed-event
+handlers, which we do not use (the listener subscribes raw to the six events it needs). That
+subscription made the server deliver every event twice and kryten-py decode and validate
+each one: measured, it was the largest CPU cost per chat line (docs/BENCHMARKS.md). `Client`
+leaves it out and is otherwise kryten-py's own client.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from kryten import KrytenClient
 from nats.aio.client import Client as NatsClient
+
+
+class Client(KrytenClient):  # type: ignore[misc]
+    """kryten-py's client without its catch-all event subscriptions (see the module doc)."""
+
+    async def _setup_subscriptions(self) -> None:
+        return None
 
 
 def raw_nats(client: Any) -> NatsClient | None:

@@ -421,10 +421,14 @@ class MessageProcessingSettings(Section):
         default_factory=lambda: ["/", "!", "."],
         description="Leading characters that CyTube or other bots treat as commands.",
     )
+    inbound_queue_size: Annotated[int, Field(ge=100, le=1_000_000)] = 20_000
+    """Chat events waiting for the dispatcher. nats-py hands over every buffered message at
+    once, so a burst of busy chat needs room (about 400 bytes each); full: newest dropped,
+    logged."""
     queue_size: Annotated[int, Field(ge=1, le=100_000)] = 200
-    """Bound of the inbound event queue and of the reply queue (full: newest dropped, logged)."""
-    workers: Annotated[int, Field(ge=1, le=256)] = 16
-    """Replies written at once (LLM calls in flight)."""
+    """Replies waiting for a worker (full: the reply is dropped, logged and recorded)."""
+    workers: Annotated[int, Field(ge=1, le=256)] = 32
+    """Replies written at once (LLM calls in flight); matches the HTTP connection pool."""
     send_burst: Annotated[int, Field(ge=1, le=20)] = 4
     """Lines the bot may send at once in a channel (CyTube antiflood: 4 below rank 2)."""
     send_rate_per_second: Annotated[float, Field(gt=0, le=10)] = 1.0

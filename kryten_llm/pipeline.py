@@ -195,19 +195,20 @@ class Pipeline:
         reason = self.filter.reason_to_ignore(line)
         if reason in INVISIBLE:
             return None
-        snapshot = self.context.snapshot(line.channel, line.username)
-        self.context.add_chat(line)
-        self.spam.note_chat_line(line.channel, line.username, is_bot=self.filter.is_own(line))
         if reason is None and self.spam.is_other_bot(line.username):
             reason = "another bot"
+        trigger = self.triggers.evaluate(line.text) if reason is None else None
+        # The room as it was before this line, copied only for the lines that may be answered.
+        snapshot = self.context.snapshot(line.channel, line.username) if trigger else None
+        self.context.add_chat(line)
+        self.spam.note_chat_line(line.channel, line.username, is_bot=self.filter.is_own(line))
         if reason is not None:
             log.debug("not answering %s in %s: %s", line.username, line.channel, reason)
             return None
         rank = self.ranks.rank_of(line.channel, line.username)
-        trigger = self.triggers.evaluate(line.text)
         is_mention = trigger is not None and trigger.kind == "mention"
         verdict = self.spam.observe(line.channel, line.username, rank, line.text, is_mention)
-        if trigger is None:
+        if trigger is None or snapshot is None:
             log.debug("no trigger in the line from %s in %s", line.username, line.channel)
             return None
         self.metrics.triggered(trigger.kind)

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from kryten import KrytenClient
 
 from kryten_llm import __version__
-from kryten_llm._bus import raw_nats, really_connected
+from kryten_llm._bus import Client, raw_nats, really_connected
 from kryten_llm.config import ChannelSettings, ConfigError, Settings
 from kryten_llm.context import load_current_media
 from kryten_llm.control import ControlService, UnknownChannel
@@ -102,7 +101,7 @@ class LLMService:
         self._stop = asyncio.Event()
         self._stopped = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.client: KrytenClient | None = None
+        self.client: Client | None = None
         self.session: aiohttp.ClientSession | None = None
         self.listener: MessageListener | None = None
         self.dispatcher: Dispatcher | None = None
@@ -130,7 +129,7 @@ class LLMService:
     async def start(self) -> None:
         settings = self.settings
         await self.response_log.start()
-        self.client = KrytenClient(
+        self.client = Client(
             kryten_config(settings, self.log_level), logger=logging.getLogger("kryten")
         )
         apply_level(self.log_level)  # kryten-py just reset its logger's level to its own
@@ -170,7 +169,7 @@ class LLMService:
 
     def _start_workers(self, settings: Settings, client: Any, pipeline: Pipeline) -> None:
         processing = settings.message_processing
-        self.listener = MessageListener(client, settings.channels, processing.queue_size)
+        self.listener = MessageListener(client, settings.channels, processing.inbound_queue_size)
         self.dispatcher = Dispatcher(
             self.listener.queue,
             pipeline.decide,
@@ -326,7 +325,8 @@ class LLMService:
         return inbound + (self.dispatcher.replies.qsize() if self.dispatcher else 0)
 
     def queue_capacity(self) -> int:
-        return 2 * self.settings.message_processing.queue_size
+        processing = self.settings.message_processing
+        return processing.inbound_queue_size + processing.queue_size
 
     def channels(self) -> Sequence[ChannelSettings]:
         return self.settings.channels

@@ -125,6 +125,14 @@ def _count_since(times: deque[float], since: float) -> int:
     return sum(1 for t in times if t > since)
 
 
+def _longest_window(settings: SpamSettings) -> float:
+    return max(
+        settings.flood_window_seconds,
+        settings.repeat_window_seconds,
+        settings.mention_window_seconds,
+    )
+
+
 class SpamGuard:
     """Per-channel spam detection and reply-loop caps (see the module docstring)."""
 
@@ -135,6 +143,8 @@ class SpamGuard:
         self._admin_min_rank = admin_min_rank
         self._clock = clock
         self._other_bots = self._bot_set(settings)
+        self._window_seconds = _longest_window(settings)
+        """Per-line work uses this; computed once per configuration, not per line."""
         self._users: BoundedStateMap[tuple[str, str], _UserState] = BoundedStateMap(
             settings.max_tracked_users, self._user_expired
         )
@@ -152,6 +162,7 @@ class SpamGuard:
         if admin_min_rank is not None:
             self._admin_min_rank = admin_min_rank
         self._other_bots = self._bot_set(settings)
+        self._window_seconds = _longest_window(settings)
         self._users.set_max_entries(settings.max_tracked_users)
 
     def is_other_bot(self, username: str) -> bool:
@@ -398,8 +409,7 @@ class SpamGuard:
         return {"users": len(self._users), "channels": len(self._channels)}
 
     def _longest_window(self) -> float:
-        s = self._settings
-        return max(s.flood_window_seconds, s.repeat_window_seconds, s.mention_window_seconds)
+        return self._window_seconds
 
     def _user_expired(self, state: _UserState, now: float) -> bool:
         s = self._settings

@@ -12,7 +12,7 @@ from tests.support.nats_server import NatsServer, start_nats_server
 
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[NatsServer]:
-    server = start_nats_server()
+    server = start_nats_server(monitor=True)
     yield server
     server.stop()
 

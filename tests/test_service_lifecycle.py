@@ -385,3 +385,32 @@ async def test_sighup_reloads_and_a_broken_file_keeps_the_old_config(
     assert "reload rejected" in stderr
     assert "rate_limits.global_max_per_minute" in stderr
     assert "Traceback" not in stderr
+
+
+async def test_only_the_events_it_uses_are_subscribed(
+    nats_server: NatsServer, fake_llm: FakeLLM
+) -> None:
+    """kryten-py's catch-all `...{channel}.>` would double every event's delivery and cost."""
+    settings = make_settings(nats_server.url, fake_llm.base_url)
+    assert nats_server.monitor_url
+    async with (
+        running_service(settings),
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{nats_server.monitor_url}/subsz?subs=1&limit=10000",
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as resp,
+    ):
+        subjects = {s["subject"] for s in (await resp.json()).get("subscriptions_list", [])}
+    ours = {s for s in subjects if s.startswith("kryten.events.cytube.")}
+    assert "kryten.events.cytube.420grindhouse.chatmsg" in ours
+    assert "kryten.events.cytube.lounge.changemedia" in ours
+    assert not any(s.endswith(".>") for s in ours), ours
+    assert {s.rsplit(".", 1)[1] for s in ours} == {
+        "chatmsg",
+        "changemedia",
+        "adduser",
+        "userlist",
+        "setuserrank",
+        "userleave",
+    }
