@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +98,9 @@ class _UserState:
     messages: deque[tuple[float, int]] = field(
         default_factory=lambda: deque(maxlen=MESSAGE_HISTORY_MAX)
     )
-    mentions: deque[float] = field(default_factory=lambda: deque(maxlen=MESSAGE_HISTORY_MAX))
+    mentions: deque[float] | None = None
+    """Created on a user's first mention: most users never mention the bot, and an empty
+    deque per tracked user was most of this guard's memory (docs/BENCHMARKS.md)."""
     last_seen: float = -math.inf
     level: int = 0
     penalty_until: float = -math.inf
@@ -121,7 +123,7 @@ def _normalise(text: str) -> int:
     return hash(" ".join(text[:NORMALISED_TEXT_CHARS].casefold().split()))
 
 
-def _count_since(times: deque[float], since: float) -> int:
+def _count_since(times: Iterable[float], since: float) -> int:
     return sum(1 for t in times if t > since)
 
 
@@ -199,6 +201,8 @@ class SpamGuard:
     def _remember(self, state: _UserState, text: str, is_mention: bool, now: float) -> None:
         state.messages.append((now, _normalise(text)))
         if is_mention:
+            if state.mentions is None:
+                state.mentions = deque(maxlen=MESSAGE_HISTORY_MAX)
             state.mentions.append(now)
         state.last_seen = now
         horizon = now - self._longest_window()
@@ -215,9 +219,8 @@ class SpamGuard:
         )
         if repeats > s.repeat_max_identical:
             return REASON_REPEATED
-        if is_mention and _count_since(state.mentions, now - s.mention_window_seconds) > (
-            s.mention_max
-        ):
+        mentions = state.mentions or ()
+        if is_mention and _count_since(mentions, now - s.mention_window_seconds) > s.mention_max:
             return REASON_MENTION_FLOOD
         recent = sum(1 for t, _ in state.messages if t > now - s.flood_window_seconds)
         if recent > s.flood_max_messages:
