@@ -52,48 +52,40 @@ class DemoModel:
     offline: bool = False
 
 
+# (key variable, provider type, base URL, default model, who it is), in order of preference.
+HOSTED_MODELS = (
+    ("OPENAI_API_KEY", "openai_compatible", "https://api.openai.com/v1", "gpt-4o-mini", "OpenAI"),
+    (
+        "OPENROUTER_API_KEY",
+        "openrouter",
+        "https://openrouter.ai/api/v1",
+        "openai/gpt-4o-mini",
+        "OpenRouter",
+    ),
+    (
+        "ANTHROPIC_API_KEY",
+        "anthropic",
+        "https://api.anthropic.com",
+        "claude-3-5-haiku-latest",
+        "Anthropic",
+    ),
+    (
+        "GEMINI_API_KEY",
+        "gemini",
+        "https://generativelanguage.googleapis.com",
+        "gemini-2.0-flash",
+        "Google Gemini",
+    ),
+)
+
+
 def choose_model(env: dict[str, str]) -> DemoModel:
     """A real model if the environment names one, otherwise the offline stand-in."""
-    if env.get("OPENAI_API_KEY"):
-        return DemoModel(
-            {
-                "type": "openai_compatible",
-                "base_url": "https://api.openai.com/v1",
-                "model": env.get("KRYTEN_LLM_DEMO_MODEL", "gpt-4o-mini"),
-                "api_key_env": "OPENAI_API_KEY",
-            },
-            "OpenAI (OPENAI_API_KEY)",
-        )
-    if env.get("OPENROUTER_API_KEY"):
-        return DemoModel(
-            {
-                "type": "openrouter",
-                "base_url": "https://openrouter.ai/api/v1",
-                "model": env.get("KRYTEN_LLM_DEMO_MODEL", "openai/gpt-4o-mini"),
-                "api_key_env": "OPENROUTER_API_KEY",
-            },
-            "OpenRouter (OPENROUTER_API_KEY)",
-        )
-    if env.get("ANTHROPIC_API_KEY"):
-        return DemoModel(
-            {
-                "type": "anthropic",
-                "base_url": "https://api.anthropic.com",
-                "model": env.get("KRYTEN_LLM_DEMO_MODEL", "claude-3-5-haiku-latest"),
-                "api_key_env": "ANTHROPIC_API_KEY",
-            },
-            "Anthropic (ANTHROPIC_API_KEY)",
-        )
-    if env.get("GEMINI_API_KEY"):
-        return DemoModel(
-            {
-                "type": "gemini",
-                "base_url": "https://generativelanguage.googleapis.com",
-                "model": env.get("KRYTEN_LLM_DEMO_MODEL", "gemini-2.0-flash"),
-                "api_key_env": "GEMINI_API_KEY",
-            },
-            "Google Gemini (GEMINI_API_KEY)",
-        )
+    for key_env, kind, base_url, default_model, who in HOSTED_MODELS:
+        if env.get(key_env):
+            model = env.get("KRYTEN_LLM_DEMO_MODEL", default_model)
+            provider = {"type": kind, "base_url": base_url, "model": model, "api_key_env": key_env}
+            return DemoModel(provider, f"{who} ({key_env}), model {model}")
     ollama = env.get("OLLAMA_HOST") or env.get("OLLAMA_URL")
     if ollama:
         base = ollama if ollama.startswith(("http://", "https://")) else f"http://{ollama}"

@@ -200,18 +200,11 @@ async def test_recent_chat_is_in_the_prompt_bounded_by_history_size(
 async def test_the_bots_earlier_answer_to_this_user_is_a_prior_turn(
     nats_server: NatsServer, fake_llm: FakeLLM, bridge: Bridge
 ) -> None:
-    answers = iter(
-        [
-            "The spinning back kick, of course.",
-            "Because it looks great on film.",
-            "Popcorn, always popcorn.",
-        ]
+    fake_llm.reply_in_turn(
+        "The spinning back kick, of course.",
+        "Because it looks great on film.",
+        "Popcorn, always popcorn.",
     )
-
-    async def scripted(body: dict[str, Any]) -> web.StreamResponse:
-        return web.json_response(completion(next(answers)))
-
-    fake_llm.behaviour = scripted
     async with running_service(settings_for(nats_server, fake_llm)):
         await ask(bridge, CHANNEL_A, "Alice", "what is your favourite kick?", 1)
         await ask(bridge, CHANNEL_A, "Alice", "why that one?", 2)

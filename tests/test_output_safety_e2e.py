@@ -307,18 +307,11 @@ async def test_a_repeated_reply_becomes_the_fallback(
 async def test_a_repeated_reply_is_regenerated(
     nats_server: NatsServer, fake_llm: FakeLLM, bridge: Bridge
 ) -> None:
-    answers = iter(
-        [
-            "The spinning back fist, every single time.",
-            "The spinning back fist, every single time.",
-            "A flying scissor kick, obviously.",
-        ]
+    fake_llm.reply_in_turn(
+        "The spinning back fist, every single time.",
+        "The spinning back fist, every single time.",
+        "A flying scissor kick, obviously.",
     )
-
-    async def scripted(body: dict[str, Any]) -> web.StreamResponse:
-        return web.json_response(completion(next(answers)))
-
-    fake_llm.behaviour = scripted
     settings = settings_for(nats_server, fake_llm, validation={"on_refusal": "regenerate"})
     async with running_service(settings):
         await bridge.chat(CHANNEL_A, "Alice", f"{BOT} best move?")

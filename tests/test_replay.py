@@ -34,29 +34,13 @@ from kryten_llm.transcript import (
     parse_transcript,
 )
 from tests.support.fake_llm import FakeLLM
+from tests.support.service import BOT, CHANNEL_A, LOOSE_LIMITS, LOOSE_SPAM
 
 DATA = Path(__file__).parent / "data"
 PLAIN_SAMPLE = DATA / "replay_sample.txt"
 JSONL_SAMPLE = DATA / "replay_sample.jsonl"
-BOT = "CynthiaRothbot"
-CHANNEL = "420Grindhouse"
+CHANNEL = CHANNEL_A
 
-LOOSE_LIMITS: dict[str, Any] = {
-    "global_max_per_minute": 1000,
-    "global_max_per_hour": 10000,
-    "global_cooldown_seconds": 0,
-    "user_max_per_hour": 1000,
-    "user_cooldown_seconds": 0,
-    "mention_cooldown_seconds": 0,
-}
-LOOSE_SPAM: dict[str, Any] = {
-    "flood_max_messages": 1000,
-    "repeat_max_identical": 100,
-    "mention_max": 100,
-    "max_replies_per_window": 10000,
-    "max_consecutive_replies_to_user": 1000,
-    "max_chat_share": 1.0,
-}
 FREE_TRIGGER: dict[str, Any] = {
     "name": "movies",
     "patterns": ["movie"],

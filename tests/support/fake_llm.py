@@ -81,6 +81,15 @@ class FakeLLM:
 
         self.behaviour = behaviour
 
+    def reply_in_turn(self, *texts: str) -> None:
+        """Answer each request with the next text, in order (a scripted conversation)."""
+        answers = iter(texts)
+
+        async def behaviour(body: dict[str, Any]) -> web.StreamResponse:
+            return web.json_response(completion(next(answers)))
+
+        self.behaviour = behaviour
+
     def echo(self, prefix: str = "You said: ", delay_seconds: float = 0.0) -> None:
         """Answer with the last user message: lets a test see exactly what the LLM was sent."""
 
