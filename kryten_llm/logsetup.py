@@ -73,6 +73,8 @@ class KrytenNoise(logging.Filter):
             record.exc_info, record.exc_text = None, None
         elif self.shutting_down and message == "Disconnected from NATS":
             record.levelno, record.levelname = logging.INFO, "INFO"
+            # The logger's level was checked against WARNING; check the new level too.
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True
 
 

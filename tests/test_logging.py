@@ -104,3 +104,28 @@ async def test_kryten_py_does_not_override_the_operators_level(
             assert logging.getLogger("kryten").level == logging.getLevelName(level)
         finally:
             await service.stop()
+
+
+def test_a_clean_disconnect_is_not_a_warning(collected: Collect) -> None:
+    from kryten_llm.logsetup import KRYTEN_NOISE
+
+    kryten = logging.getLogger("kryten")
+    kryten.setLevel(logging.WARNING)
+    try:
+        KRYTEN_NOISE.shutting_down = True
+        kryten.warning("Disconnected from NATS")
+        KRYTEN_NOISE.shutting_down = False
+        kryten.warning("Disconnected from NATS")  # not during a shutdown: a real warning
+        try:
+            raise ConnectionRefusedError("nope")
+        except ConnectionRefusedError:
+            kryten.error("Failed to connect to NATS: nope", exc_info=True)
+    finally:
+        kryten.setLevel(logging.NOTSET)
+    kept = [
+        (r.levelname, r.getMessage(), r.exc_info) for r in collected.records if r.name == "kryten"
+    ]
+    assert kept == [
+        ("WARNING", "Disconnected from NATS", None),
+        ("ERROR", "Failed to connect to NATS: nope", None),
+    ]
