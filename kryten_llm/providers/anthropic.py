@@ -9,13 +9,13 @@ tokens), `message_stop` (the end marker), `ping`, and `error`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
 from kryten_llm.providers.base import (
+    Completion,
     Provider,
     StreamItem,
     StreamUsage,
@@ -24,7 +24,7 @@ from kryten_llm.providers.base import (
     merged_turns,
     strip_suffix,
 )
-from kryten_llm.types import LLMRequest, LLMResult
+from kryten_llm.types import LLMRequest
 
 ANTHROPIC_MAX_TEMPERATURE = 1.0
 
@@ -66,17 +66,13 @@ class AnthropicProvider(Provider):
             body["stream"] = True
         return body
 
-    async def complete(
-        self, session: aiohttp.ClientSession, request: LLMRequest, timeout_seconds: float
-    ) -> LLMResult:
-        started = time.perf_counter()
-        data = await self._post_json(
-            session,
-            f"{self.root}/v1/messages",
-            self.payload(request, stream=False),
-            self.headers(),
-            timeout_seconds,
-        )
+    def completion_url(self) -> str:
+        return f"{self.root}/v1/messages"
+
+    def completion_payload(self, request: LLMRequest) -> dict[str, Any]:
+        return self.payload(request, stream=False)
+
+    def read_completion(self, data: dict[str, Any]) -> Completion:
         if data.get("type") == "error":
             raise self._embedded_error(data.get("error"))
         blocks = data.get("content")
@@ -90,10 +86,9 @@ class AnthropicProvider(Provider):
         if not text.strip():
             raise self._error("empty", "response has no text content")
         usage = as_dict(data.get("usage"))
-        return self._result(
+        return Completion(
             text,
             data.get("model"),
-            started,
             int_or_none(usage.get("input_tokens")),
             int_or_none(usage.get("output_tokens")),
         )

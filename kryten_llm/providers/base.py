@@ -45,6 +45,17 @@ ERROR_EXCERPT_CHARS = 200
 REDACTED_KEY = "***"
 
 
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What a provider's completion response says: the text, the model and the usage."""
+
+    text: str
+    model: object = None
+    """As reported by the provider (any JSON value); the configured model when absent."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
 class ProviderError(Exception):
     """A failed call. `kind` is short and log-friendly: `http_500`, `timeout`, `connect`, ..."""
 
@@ -188,11 +199,43 @@ class Provider(ABC):
 
     # --- what each wire format supplies -------------------------------------------------
 
-    @abstractmethod
     async def complete(
         self, session: aiohttp.ClientSession, request: LLMRequest, timeout_seconds: float
     ) -> LLMResult:
-        """Return the completion, or raise ProviderError (never anything else)."""
+        """Return the completion, or raise ProviderError (never anything else).
+
+        The same for every wire format: POST the payload, then let the format read its
+        answer; each provider module only says where, what, and how to read it.
+        """
+        started = time.perf_counter()
+        data = await self._post_json(
+            session,
+            self.completion_url(),
+            self.completion_payload(request),
+            self.headers(),
+            timeout_seconds,
+        )
+        answer = self.read_completion(data)
+        return LLMResult(
+            text=answer.text,
+            provider=self.name,
+            model=str(answer.model or self.model),
+            latency_ms=self._elapsed_ms(started),
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+        )
+
+    @abstractmethod
+    def completion_url(self) -> str:
+        """Where a (non-streaming) completion is requested."""
+
+    @abstractmethod
+    def completion_payload(self, request: LLMRequest) -> dict[str, Any]:
+        """The JSON body of a non-streaming completion request."""
+
+    @abstractmethod
+    def read_completion(self, data: dict[str, Any]) -> Completion:
+        """The answer in a completion response; ProviderError if it holds none."""
 
     def stream(
         self, session: aiohttp.ClientSession, request: LLMRequest, timeout_seconds: float
@@ -223,24 +266,6 @@ class Provider(ABC):
             name, template = self.key_header
             headers[name] = template.format(key=key)
         return headers
-
-    def _result(
-        self,
-        text: str,
-        reported_model: object,
-        started: float,
-        prompt_tokens: int | None,
-        completion_tokens: int | None,
-    ) -> LLMResult:
-        """The LLMResult of a completed call (the model as reported, else as configured)."""
-        return LLMResult(
-            text=text,
-            provider=self.name,
-            model=str(reported_model or self.model),
-            latency_ms=self._elapsed_ms(started),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-        )
 
     @abstractmethod
     def models_url(self) -> str:

@@ -10,7 +10,6 @@ carries a `finishReason`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +17,7 @@ from urllib.parse import quote
 import aiohttp
 
 from kryten_llm.providers.base import (
+    Completion,
     Provider,
     StreamItem,
     StreamUsage,
@@ -27,7 +27,7 @@ from kryten_llm.providers.base import (
     merged_turns,
     strip_suffix,
 )
-from kryten_llm.types import LLMRequest, LLMResult
+from kryten_llm.types import LLMRequest
 
 
 class GeminiProvider(Provider):
@@ -70,26 +70,20 @@ class GeminiProvider(Provider):
             },
         }
 
-    async def complete(
-        self, session: aiohttp.ClientSession, request: LLMRequest, timeout_seconds: float
-    ) -> LLMResult:
-        started = time.perf_counter()
-        data = await self._post_json(
-            session,
-            f"{self.root}/v1beta/models/{self.model_path}:generateContent",
-            self.payload(request),
-            self.headers(),
-            timeout_seconds,
-        )
+    def completion_url(self) -> str:
+        return f"{self.root}/v1beta/models/{self.model_path}:generateContent"
+
+    def completion_payload(self, request: LLMRequest) -> dict[str, Any]:
+        return self.payload(request)
+
+    def read_completion(self, data: dict[str, Any]) -> Completion:
         if "error" in data and "candidates" not in data:
             raise self._embedded_error(data["error"])
         text, _finished = self._candidate_text(data)
         if not text.strip():
             raise self._error("empty", "response has no text content")
         prompt_tokens, completion_tokens = _usage(data)
-        return self._result(
-            text, data.get("modelVersion"), started, prompt_tokens, completion_tokens
-        )
+        return Completion(text, data.get("modelVersion"), prompt_tokens, completion_tokens)
 
     async def stream(
         self, session: aiohttp.ClientSession, request: LLMRequest, timeout_seconds: float

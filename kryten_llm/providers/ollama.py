@@ -7,13 +7,13 @@ key is sent if configured, for servers behind an authenticating proxy.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
 from kryten_llm.providers.base import (
+    Completion,
     Provider,
     StreamItem,
     StreamUsage,
@@ -22,7 +22,7 @@ from kryten_llm.providers.base import (
     strip_suffix,
 )
 from kryten_llm.providers.openai_compatible import chat_messages
-from kryten_llm.types import LLMRequest, LLMResult
+from kryten_llm.types import LLMRequest
 
 
 class OllamaProvider(Provider):
@@ -64,27 +64,22 @@ class OllamaProvider(Provider):
             body["keep_alive"] = self.settings.keep_alive
         return body
 
-    async def complete(
-        self, session: aiohttp.ClientSession, request: LLMRequest, timeout_seconds: float
-    ) -> LLMResult:
-        started = time.perf_counter()
-        data = await self._post_json(
-            session,
-            f"{self.root}/api/chat",
-            self.payload(request, stream=False),
-            self.headers(),
-            timeout_seconds,
-        )
+    def completion_url(self) -> str:
+        return f"{self.root}/api/chat"
+
+    def completion_payload(self, request: LLMRequest) -> dict[str, Any]:
+        return self.payload(request, stream=False)
+
+    def read_completion(self, data: dict[str, Any]) -> Completion:
         if "error" in data:
             raise self._embedded_error(data["error"])
         message = as_dict(data.get("message"))
         content = message.get("content")
         if not isinstance(content, str) or not content.strip():
             raise self._error("empty", "response has no message content")
-        return self._result(
+        return Completion(
             content,
             data.get("model"),
-            started,
             int_or_none(data.get("prompt_eval_count")),
             int_or_none(data.get("eval_count")),
         )

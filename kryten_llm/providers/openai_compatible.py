@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
 from kryten_llm.providers.base import (
+    Completion,
     Provider,
     StreamItem,
     StreamUsage,
     as_dict,
     int_or_none,
 )
-from kryten_llm.types import LLMRequest, LLMResult
+from kryten_llm.types import LLMRequest
 
 STREAM_DONE = "[DONE]"
 
@@ -59,23 +59,17 @@ class OpenAICompatibleProvider(Provider):
             body["stream_options"] = {"include_usage": True}
         return body
 
-    async def complete(
-        self, session: aiohttp.ClientSession, request: LLMRequest, timeout_seconds: float
-    ) -> LLMResult:
-        started = time.perf_counter()
-        data = await self._post_json(
-            session,
-            f"{self.settings.base_url}/chat/completions",
-            self.payload(request),
-            self.headers(),
-            timeout_seconds,
-        )
-        text = self._content(data)
+    def completion_url(self) -> str:
+        return f"{self.settings.base_url}/chat/completions"
+
+    def completion_payload(self, request: LLMRequest) -> dict[str, Any]:
+        return self.payload(request)
+
+    def read_completion(self, data: dict[str, Any]) -> Completion:
         usage = as_dict(data.get("usage"))
-        return self._result(
-            text,
+        return Completion(
+            self._content(data),
             data.get("model"),
-            started,
             int_or_none(usage.get("prompt_tokens")),
             int_or_none(usage.get("completion_tokens")),
         )
