@@ -66,6 +66,31 @@ def prompt_texts(body: dict[str, Any]) -> list[str]:
     return texts
 
 
+async def write_event_stream(
+    request: web.Request, model: str, text: str, usage: dict[str, Any] | None = None
+) -> web.StreamResponse:
+    """`text` as an OpenAI-style SSE answer: a chunk per word, usage, then `[DONE]`."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    chunks: list[dict[str, Any]] = [
+        {
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": word}}],
+        }
+        for word in re.findall(r"\S+\s*", text)
+    ]
+    if usage:
+        chunks.append(
+            {"object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage}
+        )
+    for chunk in chunks:
+        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
 class OfflineLLMServer:
     """An aiohttp server on 127.0.0.1 answering `/v1/chat/completions` with Markov text."""
 
@@ -88,7 +113,7 @@ class OfflineLLMServer:
         prompt_chars = sum(len(t) for t in texts)
         usage = {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(text) // 4}
         if body.get("stream"):
-            return await self._stream(request, text, usage)
+            return await write_event_stream(request, MODEL_NAME, text, usage)
         message = {"role": "assistant", "content": text}
         return web.json_response(
             {
@@ -99,23 +124,6 @@ class OfflineLLMServer:
                 "usage": usage,
             }
         )
-
-    async def _stream(
-        self, request: web.Request, text: str, usage: dict[str, int]
-    ) -> web.StreamResponse:
-        """The same text as OpenAI-style server-sent events, a word per chunk."""
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        chunks: list[dict[str, Any]] = [
-            {"model": MODEL_NAME, "choices": [{"index": 0, "delta": {"content": word}}]}
-            for word in re.findall(r"\S+\s*", text)
-        ]
-        chunks.append({"model": MODEL_NAME, "choices": [], "usage": usage})
-        for chunk in chunks:
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": MODEL_NAME}]})

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from kryten_llm.offline import write_event_stream
 from tests.support.nats_server import free_port
 
 Behaviour = Callable[[dict[str, Any]], Awaitable[web.StreamResponse]]
@@ -151,21 +151,7 @@ class FakeLLM:
         text = (choices[0].get("message") or {}).get("content")
         if not isinstance(text, str):
             return response
-        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await stream.prepare(request)
-        for word in re.findall(r"\S+\s*", text):
-            chunk = {
-                "object": "chat.completion.chunk",
-                "model": data.get("model"),
-                "choices": [{"index": 0, "delta": {"content": word}}],
-            }
-            await stream.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        if data.get("usage"):
-            tail = {"object": "chat.completion.chunk", "choices": [], "usage": data["usage"]}
-            await stream.write(f"data: {json.dumps(tail)}\n\n".encode())
-        await stream.write(b"data: [DONE]\n\n")
-        await stream.write_eof()
-        return stream
+        return await write_event_stream(request, str(data.get("model")), text, data.get("usage"))
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake-model"}]})
