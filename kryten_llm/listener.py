@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from kryten_llm._throttle import ThrottledCount
 from kryten_llm.config import ChannelSettings
 from kryten_llm.events import chat_subject
 
@@ -43,9 +44,7 @@ class MessageListener:
         self._client = client
         self._channels = list(channels)
         self.queue: asyncio.Queue[InboundEvent] = asyncio.Queue(maxsize=queue_size)
-        self.dropped = 0
-        self._dropped_since_log = 0
-        self._last_drop_log = 0.0
+        self._drops = ThrottledCount(DROP_LOG_INTERVAL_SECONDS)
         self._subscriptions: list[Any] = []
         self.accepting = True
 
@@ -95,19 +94,19 @@ class MessageListener:
         except asyncio.QueueFull:
             self._note_drop(event)
 
+    @property
+    def dropped(self) -> int:
+        return self._drops.total
+
     def _note_drop(self, event: InboundEvent) -> None:
         """Drop the newest event; warn at most every few seconds, with a count, not per event."""
-        self.dropped += 1
-        self._dropped_since_log += 1
-        now = event.received_monotonic
-        if now - self._last_drop_log >= DROP_LOG_INTERVAL_SECONDS:
+        since = self._drops.note(event.received_monotonic)
+        if since is not None:
             log.warning(
                 "inbound queue full (%d): dropped %d event(s) since last report, %d in total; "
                 "latest on %s",
                 self.queue.maxsize,
-                self._dropped_since_log,
+                since,
                 self.dropped,
                 event.subject,
             )
-            self._dropped_since_log = 0
-            self._last_drop_log = now

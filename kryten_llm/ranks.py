@@ -36,6 +36,8 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
+from kryten_llm._throttle import ThrottledCount
+
 log = logging.getLogger(__name__)
 
 MAX_USERS_PER_CHANNEL = 20_000
@@ -81,10 +83,7 @@ class RankRegistry:
     ) -> None:
         self._channels: dict[str, dict[str, float]] = {}
         self._max_users = max_users_per_channel
-        self._clock = clock
-        self._last_warning: float | None = None
-        self.malformed = 0
-        """How many payloads or entries were ignored as malformed (for health and tests)."""
+        self._problems = ThrottledCount(WARNING_INTERVAL_SECONDS, clock)
 
     def rank_of(self, channel: str, username: str) -> float:
         """The user's rank in this channel; 0.0 (guest) when unknown."""
@@ -189,12 +188,14 @@ class RankRegistry:
         while len(users) > self._max_users:
             users.pop(next(iter(users)))
 
+    @property
+    def malformed(self) -> int:
+        """How many payloads or entries were ignored as malformed (for health and tests)."""
+        return self._problems.total
+
     def _warn(self, message: str) -> None:
         """Count every problem; log at most one warning a minute so a bad feed cannot flood."""
-        self.malformed += 1
-        now = self._clock()
-        if self._last_warning is None or now - self._last_warning >= WARNING_INTERVAL_SECONDS:
-            self._last_warning = now
+        if self._problems.note() is not None:
             log.warning("ranks: %s (%d problem(s) so far)", message, self.malformed)
         else:
             log.debug("ranks: %s", message)

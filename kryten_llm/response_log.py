@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from kryten_llm._throttle import ThrottledCount
 from kryten_llm.config import ResponseLogSettings
 from kryten_llm.types import Attempt
 
@@ -272,10 +273,8 @@ class ResponseLog:
         self._queue: asyncio.Queue[ResponseRecord | None] = asyncio.Queue(settings.queue_size)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._last_drop_warning: float | None = None
-        self._drops_since_warning = 0
+        self._drops = ThrottledCount(DROP_WARNING_INTERVAL_SECONDS, clock)
         self.written = 0
-        self.dropped = 0
         self.write_errors = 0
 
     @property
@@ -308,20 +307,19 @@ class ResponseLog:
             return False
         return True
 
+    @property
+    def dropped(self) -> int:
+        return self._drops.total
+
     def _note_drop(self, why: str) -> None:
-        self.dropped += 1
-        self._drops_since_warning += 1
-        now = self._clock()
-        last = self._last_drop_warning
-        if last is None or now - last >= DROP_WARNING_INTERVAL_SECONDS:
+        since = self._drops.note()
+        if since is not None:
             log.warning(
                 "response log: dropped %d record(s) because %s (%d dropped in total)",
-                self._drops_since_warning,
+                since,
                 why,
                 self.dropped,
             )
-            self._last_drop_warning = now
-            self._drops_since_warning = 0
 
     def stats(self) -> dict[str, int]:
         return {
