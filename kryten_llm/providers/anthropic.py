@@ -44,12 +44,6 @@ class AnthropicProvider(Provider):
     def models_url(self) -> str:
         return f"{self.root}/v1/models"
 
-    def model_listed(self, data: Any) -> bool | None:
-        models = data.get("data") if isinstance(data, dict) else None
-        if not isinstance(models, list):
-            return None
-        return any(isinstance(m, dict) and m.get("id") == self.model for m in models)
-
     def payload(self, request: LLMRequest, *, stream: bool) -> dict[str, Any]:
         temperature = (
             request.temperature if request.temperature is not None else self.settings.temperature

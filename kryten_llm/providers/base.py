@@ -272,8 +272,15 @@ class Provider(ABC):
         """The cheap listing endpoint used to check that the provider is reachable."""
 
     def model_listed(self, data: Any) -> bool | None:
-        """Whether the models listing names our model (None: the format cannot tell)."""
-        return None
+        """Whether the models listing names our model (None: the listing cannot tell).
+
+        This reads the `{"data": [{"id": ...}]}` listing OpenAI-compatible servers and
+        Anthropic share; formats with another listing override it.
+        """
+        models = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(models, list):
+            return None
+        return any(isinstance(m, dict) and m.get("id") == self.model for m in models)
 
     # --- shared machinery ---------------------------------------------------------------
 

@@ -37,12 +37,6 @@ class OpenAICompatibleProvider(Provider):
     def models_url(self) -> str:
         return f"{self.settings.base_url}/models"
 
-    def model_listed(self, data: Any) -> bool | None:
-        models = data.get("data") if isinstance(data, dict) else None
-        if not isinstance(models, list):
-            return None
-        return any(isinstance(m, dict) and m.get("id") == self.model for m in models)
-
     def payload(self, request: LLMRequest, *, stream: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.settings.model,
