@@ -259,7 +259,9 @@ class _Reply:
             state = breaker.state
         else:
             state = breaker.record(False, error.kind, self.manager.clock(), self.manager.llm)
-        log.warning(
+        # A redirect is the operator's to fix (base_url), not a passing fault: say it loudly.
+        log.log(
+            logging.ERROR if error.kind == "redirect" else logging.WARNING,
             "LLM attempt failed: provider=%s outcome=%s latency_ms=%.0f retryable=%s "
             "breaker=%s detail=%s",
             name,

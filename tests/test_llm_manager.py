@@ -199,6 +199,27 @@ async def test_refused_connection_falls_back(
     assert "provider=down outcome=connect" in caplog.text
 
 
+async def test_redirect_is_an_error_not_retried_and_the_fallback_answers(
+    primary: FakeProvider,
+    backup: FakeProvider,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A redirect is a configuration error: one attempt, an ERROR line naming the host."""
+    primary.always(fp.redirect(f"http://127.0.0.2:{backup.port}/v1/chat/completions"))
+    manager = make_manager(session, pair(primary, backup))
+    caplog.set_level(logging.WARNING, logger="kryten_llm.llm_manager")
+    result = await manager.complete(REQUEST)
+    assert result.provider == "backup"
+    assert outcomes(result.attempts) == [("primary", "redirect"), ("backup", "ok")]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "configuration error" in errors[0].getMessage()
+    assert f"127.0.0.2:{backup.port}" in errors[0].getMessage()
+    assert SECRET not in caplog.text
+    assert len(backup.requests) == 1  # only the fallback's own request, nothing redirected
+
+
 async def test_hanging_provider_leaves_room_for_fallback(
     servers: dict[str, FakeProvider], backup: FakeProvider, session: aiohttp.ClientSession
 ) -> None:

@@ -477,6 +477,81 @@ async def test_check_availability_down(session: aiohttp.ClientSession) -> None:
         assert not ok and detail.startswith("connect")
 
 
+# --- redirects: a key never leaves the host it was configured for -----------------------------
+
+
+@pytest.fixture(scope="module")
+async def elsewhere() -> AsyncIterator[dict[str, FakeProvider]]:
+    """The same wire formats on another host (127.0.0.2): where a hostile redirect points."""
+    started = {kind: await fp.start_fake_provider(kind, host="127.0.0.2") for kind in KINDS}
+    yield started  # type: ignore[misc]
+    for server in started.values():
+        await server.stop()
+
+
+@pytest.fixture
+def other_host(fake: FakeProvider, elsewhere: dict[str, FakeProvider]) -> FakeProvider:
+    server = elsewhere[fake.kind]
+    server.reset()
+    return server
+
+
+def assert_refused_redirect(error: ProviderError, other_host: FakeProvider) -> None:
+    assert error.kind == "redirect"
+    assert not error.retryable
+    assert f"127.0.0.2:{other_host.port}" in error.detail
+    assert SECRET not in str(error)
+    assert other_host.requests == [], "the request (and its key) reached the other host"
+
+
+@pytest.mark.parametrize("code", [302, 307])
+async def test_completion_redirect_is_refused_and_names_the_host(
+    fake: FakeProvider, other_host: FakeProvider, session: aiohttp.ClientSession, code: int
+) -> None:
+    fake.then(fp.redirect(other_host.base_url + "/anything", code))
+    provider = provider_for(fake, extra_headers={"X-Org-Token": SECRET})
+    with pytest.raises(ProviderError) as info:
+        await provider.complete(session, REQUEST, 2.0)
+    assert_refused_redirect(info.value, other_host)
+    assert info.value.status == code
+    assert len(fake.requests) == 1
+
+
+async def test_stream_redirect_is_refused_and_names_the_host(
+    fake: FakeProvider, other_host: FakeProvider, session: aiohttp.ClientSession
+) -> None:
+    fake.then(fp.redirect(other_host.base_url + "/stream"))
+    provider = provider_for(fake, extra_headers={"X-Org-Token": SECRET})
+    with pytest.raises(ProviderError) as info:
+        await collect(provider.stream(session, REQUEST, 2.0))
+    assert_refused_redirect(info.value, other_host)
+
+
+async def test_model_check_redirect_is_refused_and_names_the_host(
+    fake: FakeProvider, other_host: FakeProvider, session: aiohttp.ClientSession
+) -> None:
+    fake.models_redirect = other_host.base_url + "/models"
+    provider = provider_for(fake, extra_headers={"X-Org-Token": SECRET})
+    ok, detail = await provider.check_availability(session, 2.0)
+    assert not ok
+    assert detail.startswith("configuration error") and "redirect" in detail
+    assert f"127.0.0.2:{other_host.port}" in detail
+    assert SECRET not in detail
+    assert other_host.requests == []
+
+
+async def test_same_host_redirect_is_refused_too(
+    fake: FakeProvider, session: aiohttp.ClientSession
+) -> None:
+    """Even a relative redirect is a misconfigured base_url, not something to follow."""
+    fake.then(fp.redirect("/elsewhere"))
+    with pytest.raises(ProviderError) as info:
+        await provider_for(fake).complete(session, REQUEST, 2.0)
+    assert info.value.kind == "redirect"
+    assert f"127.0.0.1:{fake.port}" in info.value.detail
+    assert len(fake.requests) == 1
+
+
 # --- helpers -----------------------------------------------------------------------------------
 
 

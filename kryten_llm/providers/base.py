@@ -17,6 +17,10 @@ Failure kinds (`ProviderError.kind`, also the `Attempt.outcome` the manager reco
 - `stream_cut`: a stream ended (or broke) before its end marker. Retryable before the first
   delta; after it, the manager ends the reply with what it has.
 - `bad_request`: the request could not even be built (e.g. a header with a line break).
+- `redirect`: the endpoint answered 3xx. Provider requests never follow redirects, because
+  the key headers (`x-api-key`, `x-goog-api-key`, `extra_headers`) would go with them to
+  whatever host the redirect names. It is a configuration error (fix `base_url`): not
+  retryable, and reported naming the target host.
 
 Secrets: the resolved API key only ever goes into request headers; every error detail is
 scrubbed of it before a `ProviderError` is built, so it cannot reach logs or attempt records.
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from kryten_llm.config import ProviderSettings
 from kryten_llm.providers._sse import SSEEvent, ndjson_lines, sse_events
@@ -100,6 +105,23 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds >= 0 and seconds == seconds else None
+
+
+def redirect_target(resp: aiohttp.ClientResponse) -> str | None:
+    """The host a 3xx answer points at (None if `resp` is no redirect).
+
+    Only the host and port are named: the rest of a `Location` is the other side's to choose
+    and may be long or hostile.
+    """
+    if not 300 <= resp.status < 400:
+        return None
+    location = resp.headers.get("Location", "")
+    try:
+        target = resp.url.join(URL(location)) if location else resp.url
+    except ValueError:
+        return "an unparsable location"
+    host = target.host or "an unknown host"
+    return f"{host}:{target.port}" if target.port else host
 
 
 def error_excerpt(body: str, limit: int = ERROR_EXCERPT_CHARS) -> str:
@@ -299,8 +321,11 @@ class Provider(ABC):
         timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         try:
             async with session.get(
-                self.models_url(), headers=self.headers(), timeout=timeout
+                self.models_url(), headers=self.headers(), timeout=timeout, allow_redirects=False
             ) as resp:
+                target = redirect_target(resp)
+                if target is not None:
+                    return False, self._redirect_error(resp.status, target).detail
                 body = await read_bounded(resp)
                 if resp.status >= 400:
                     return False, self.scrub(f"http_{resp.status}: {error_message(body)}")
@@ -338,6 +363,20 @@ class Provider(ABC):
             retryable=status in RETRYABLE_STATUSES or status >= 500,
             retry_after_seconds=parse_retry_after(headers.get("Retry-After")),
         )
+
+    def _redirect_error(self, status: int, target: str) -> ProviderError:
+        return self._error(
+            "redirect",
+            f"configuration error: the endpoint answered {status} redirecting to {target}; "
+            "provider requests never follow redirects (the API key would go with them), "
+            "so set base_url to the final address",
+            status=status,
+        )
+
+    def _refuse_redirect(self, resp: aiohttp.ClientResponse) -> None:
+        target = redirect_target(resp)
+        if target is not None:
+            raise self._redirect_error(resp.status, target)
 
     def _embedded_error(self, err: object) -> ProviderError:
         """An error object inside a 200 response or a stream (OpenRouter, Ollama, Anthropic)."""
@@ -378,7 +417,10 @@ class Provider(ABC):
         """POST JSON and return the decoded object, mapping every failure to ProviderError."""
         timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         try:
-            async with session.post(url, json=payload, headers=headers, timeout=timeout) as resp:
+            async with session.post(
+                url, json=payload, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
+                self._refuse_redirect(resp)
                 try:
                     body = await read_bounded(resp)
                 except ValueError as exc:
@@ -417,10 +459,13 @@ class Provider(ABC):
             total=None, sock_connect=timeout_seconds, sock_read=timeout_seconds
         )
         try:
-            resp = await session.post(url, json=payload, headers=headers, timeout=timeout)
+            resp = await session.post(
+                url, json=payload, headers=headers, timeout=timeout, allow_redirects=False
+            )
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise self._network_error(exc, timeout_seconds) from None
         try:
+            self._refuse_redirect(resp)
             if resp.status >= 400:
                 try:
                     body = await read_bounded(resp, 65536)

@@ -394,6 +394,17 @@ def cut(chunks: list[str], *, abort: bool = True, stall_seconds: float = 0.0) ->
     return behaviour
 
 
+def redirect(location: str, code: int = 307) -> Behaviour:
+    """Answer with a redirect to `location` (a proxy or endpoint that moved, or an attacker)."""
+
+    async def behaviour(
+        fake: FakeProvider, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        return web.Response(status=code, headers={"Location": location})
+
+    return behaviour
+
+
 def stream_error_event(chunks: list[str], message: str = "Overloaded") -> Behaviour:
     """Some deltas, then the format's in-stream error object."""
 
@@ -432,11 +443,14 @@ class FakeProvider:
     default: Behaviour = field(default_factory=reply)
     requests: list[Recorded] = field(default_factory=list)
     models_status: int = 200
+    models_redirect: str | None = None
+    """When set, the models listing answers 307 to this location."""
+    host: str = "127.0.0.1"
     _runner: web.AppRunner | None = None
 
     @property
     def base_url(self) -> str:
-        root = f"http://127.0.0.1:{self.port}"
+        root = f"http://{self.host}:{self.port}"
         return root + "/v1" if self.kind in ("openai_compatible", "openrouter") else root
 
     def settings(self, **overrides: Any) -> ProviderSettings:
@@ -458,6 +472,7 @@ class FakeProvider:
         self.default = reply()
         self.requests.clear()
         self.models_status = 200
+        self.models_redirect = None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -472,6 +487,8 @@ class FakeProvider:
 
     async def _models(self, request: web.Request) -> web.Response:
         self.requests.append(Recorded(request.path, dict(request.query), dict(request.headers), {}))
+        if self.models_redirect is not None:
+            return web.Response(status=307, headers={"Location": self.models_redirect})
         if self.models_status != 200:
             return error_response(self.kind, self.models_status, "invalid key")
         if self.kind == "ollama":
@@ -501,7 +518,7 @@ class FakeProvider:
         self._routes(app)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self._runner, self.host, self.port).start()
         return self
 
     async def stop(self) -> None:
@@ -518,8 +535,11 @@ KINDS: tuple[ProviderType, ...] = (
 )
 
 
-async def start_fake_provider(kind: ProviderType, model: str = "fake-model") -> FakeProvider:
-    return await FakeProvider(kind=kind, port=free_port(), model=model).start()
+async def start_fake_provider(
+    kind: ProviderType, model: str = "fake-model", host: str = "127.0.0.1"
+) -> FakeProvider:
+    """A fake on `host` (another loopback address, e.g. 127.0.0.2, is another host)."""
+    return await FakeProvider(kind=kind, port=free_port(), model=model, host=host).start()
 
 
 def closed_port_url(kind: ProviderType) -> str:
