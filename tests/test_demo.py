@@ -64,3 +64,19 @@ def test_markov_writer_uses_the_chat_and_is_reproducible() -> None:
     assert prompt_texts(
         {"messages": [{"role": "user", "content": "<<<Bob: hello there you>>> x"}]}
     ) == ["hello there you"]
+
+
+def test_nats_server_is_found_from_an_unactivated_venv() -> None:
+    """`.venv/bin/python -m pytest` (no venv `bin` on PATH) still finds the packaged binary."""
+    code = "from kryten_llm.simulate import nats_server_binary as n; print(n() or '')"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    found = Path(result.stdout.strip())
+    assert found.name == "nats-server"
+    assert found.is_file() and os.access(found, os.X_OK)
