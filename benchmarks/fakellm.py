@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kryten_llm.simulate import free_port
+from kryten_llm.tools.simulate import free_port
 
 TOKEN = re.compile(r"zq[a-z]{2,5}\d{6}")
 """Benchmark tokens look like `zqovh000123`: plain word characters that survive every stage."""

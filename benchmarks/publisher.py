@@ -7,9 +7,10 @@ when the first, last and mention publishes happened (CLOCK_MONOTONIC, which is s
 Linux, so the orchestrator can compare it with its own clock) and the CPU time it used.
 
 Encoding one envelope per message with `json.dumps` would cost the publisher more CPU than the
-service spends decoding it, so each batch builds one envelope with `kryten_llm.simulate` (fresh
-`timestamp`, `correlation_id` and `time`) and substitutes the username and the line number into
-its bytes: every message is still byte-for-byte what the bridge would publish for that line.
+service spends decoding it, so each batch builds one envelope with `kryten_llm.tools.simulate`
+(fresh `timestamp`, `correlation_id` and `time`) and substitutes the username and the line
+number into its bytes: every message is still byte-for-byte what the bridge would publish for
+that line.
 The loop is bounded by `--count`; `--rate` paces it (messages per second, 0 = as fast as the
 connection allows) in batches 2.5 ms apart (50 messages at 20,000/s), and every batch ends with
 a flush, so the client buffer stays bounded and the bursts stay small and steady.
@@ -25,7 +26,7 @@ import time
 import nats
 
 from kryten_llm.events import chat_subject
-from kryten_llm.simulate import chat_payload, envelope
+from kryten_llm.tools.simulate import chat_payload, envelope
 
 USER_MARK = "BENCHUSERMARK"
 LINE_MARK = "BENCHLINEMARK"

@@ -4,7 +4,7 @@
     python -m benchmarks.run --quick    # smoke run with smaller numbers (~1 min)
     python benchmarks/run.py --json out.json
 
-What runs: a private nats-server (`kryten_llm.natsd`); two local OpenAI-compatible servers in
+What runs: a private nats-server (`kryten_llm.tools.natsd`); two local OpenAI-compatible servers in
 this process (`benchmarks.fakellm`: one instant, one that waits 2 s); the service as its own
 process (`python -m kryten_llm --config <tmp>/config.json run`) so its RSS, CPU and start-up are
 its own; and, for floods, a publisher process (`benchmarks.publisher`) so the publisher's CPU
@@ -43,8 +43,8 @@ import nats
 from nats.aio.client import Client as NATS
 
 from kryten_llm.events import chat_subject
-from kryten_llm.natsd import NatsServer, start_nats_server
-from kryten_llm.simulate import chat_payload, envelope
+from kryten_llm.tools.natsd import NatsServer, start_nats_server
+from kryten_llm.tools.simulate import chat_payload, envelope
 
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -104,11 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.validate_config:
         return validate_config(args.config)
     if args.command == "stats":
-        from kryten_llm.stats import run_stats
+        from kryten_llm.tools.stats import run_stats
 
         return run_stats(args.logfile, args.plot, sys.stdout, include_rotated=args.rotated)
     if args.command == "replay":
-        from kryten_llm.replay import ReplayOptions, run_replay
+        from kryten_llm.tools.replay import ReplayOptions, run_replay
 
         options = ReplayOptions(args.seed, args.llm, args.interval, args.channel, args.jsonl)
         return run_replay(
@@ -124,9 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         settings.testing.dry_run = True
     if args.command == "demo":
-        from kryten_llm.demo import run_demo
+        from kryten_llm.tools.demo import run_demo
 
         return asyncio.run(run_demo(settings, log_level, lines=args.lines))
-    from kryten_llm.service import run_service
+    from kryten_llm.daemon.service import run_service
 
     return asyncio.run(run_service(settings, log_level, args.config, args.dry_run))

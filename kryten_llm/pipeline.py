@@ -24,24 +24,24 @@ from typing import Any
 
 from kryten_llm.config import ChannelSettings, Settings
 from kryten_llm.context import ContextManager, ContextSnapshot
+from kryten_llm.decide.budget import UsageTracker
+from kryten_llm.decide.filters import MessageFilter
+from kryten_llm.decide.limits import RateLimiter
+from kryten_llm.decide.ranks import RankRegistry
+from kryten_llm.decide.spam import SpamGuard
+from kryten_llm.decide.triggers import TriggerEngine
 from kryten_llm.events import MalformedEvent, parse_chat, parse_media
-from kryten_llm.filters import MessageFilter
-from kryten_llm.formatter import ResponseFormatter
-from kryten_llm.guard import OutputGuard
-from kryten_llm.llm_manager import LLMManager
+from kryten_llm.llm.manager import LLMManager
 from kryten_llm.logsetup import correlation_id
-from kryten_llm.metrics import Metrics
-from kryten_llm.prompts import PromptBuilder
-from kryten_llm.ranks import RankRegistry
-from kryten_llm.rate_limiter import RateLimiter
-from kryten_llm.responder import Responder
+from kryten_llm.ops.metrics import Metrics
+from kryten_llm.reply.formatter import ResponseFormatter
+from kryten_llm.reply.guard import OutputGuard
+from kryten_llm.reply.prompts import PromptBuilder
+from kryten_llm.reply.responder import Responder
+from kryten_llm.reply.sender import Sender
+from kryten_llm.reply.validator import ReplyValidator
 from kryten_llm.response_log import ResponseLog, ResponseRecord
-from kryten_llm.sender import Sender
-from kryten_llm.spam import SpamGuard
-from kryten_llm.triggers import TriggerEngine
 from kryten_llm.types import Attempt, ChatLine, LLMRequest, LLMResult, Trigger
-from kryten_llm.usage import UsageTracker
-from kryten_llm.validator import ReplyValidator
 
 log = logging.getLogger(__name__)
 

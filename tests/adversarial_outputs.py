@@ -4,7 +4,7 @@ the formatter. Importable by any test (unit here, end-to-end over NATS by the se
     from tests.adversarial_outputs import ADVERSARIAL_OUTPUTS
 
 Each case is (name, llm_output). Every published part must be non-empty, within the length
-limit, and not command-like (see `kryten_llm.guard.is_command_like`).
+limit, and not command-like (see `kryten_llm.reply.guard.is_command_like`).
 """
 
 from __future__ import annotations

@@ -13,14 +13,14 @@ import pytest
 from kryten import KrytenClient
 
 from kryten_llm.config import ConfigError
-from kryten_llm.control import (
+from kryten_llm.ops.control import (
     CONTROL_SUBJECT_PREFIX,
     MICRO_SERVICE_NAME,
     ControlService,
     UnknownChannel,
     micro_version,
 )
-from kryten_llm.health import HealthMonitor
+from kryten_llm.ops.health import HealthMonitor
 from tests.support.nats_server import NatsServer
 from tests.test_health import StaticStatus
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kryten_llm.demo import choose_model
-from kryten_llm.offline import MarkovWriter, prompt_texts
+from kryten_llm.tools.demo import choose_model
+from kryten_llm.tools.offline import MarkovWriter, prompt_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_ENV = (
@@ -68,7 +68,7 @@ def test_markov_writer_uses_the_chat_and_is_reproducible() -> None:
 
 def test_nats_server_is_found_from_an_unactivated_venv() -> None:
     """`.venv/bin/python -m pytest` (no venv `bin` on PATH) still finds the packaged binary."""
-    code = "from kryten_llm.simulate import nats_server_binary as n; print(n() or '')"
+    code = "from kryten_llm.tools.simulate import nats_server_binary as n; print(n() or '')"
     result = subprocess.run(
         [sys.executable, "-c", code],
         env={"PATH": ""},

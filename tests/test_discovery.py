@@ -16,9 +16,9 @@ import nats
 from kryten import KrytenClient
 
 from kryten_llm.config import MetricsSettings, ServiceSettings
-from kryten_llm.discovery import Announcer, lifecycle_service_config
-from kryten_llm.health import HealthMonitor
-from kryten_llm.simulate import nats_server_binary
+from kryten_llm.ops.discovery import Announcer, lifecycle_service_config
+from kryten_llm.ops.health import HealthMonitor
+from kryten_llm.tools.simulate import nats_server_binary
 from tests.support.nats_server import NatsServer, free_port
 from tests.test_health import StaticStatus
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kryten_llm._config_docs import render
 from kryten_llm.config import Settings
+from kryten_llm.tools._config_docs import render
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_configuration_reference_is_current() -> None:
     current = (ROOT / "docs" / "CONFIGURATION.md").read_text(encoding="utf-8")
-    assert current == render(), "run: python -m kryten_llm._config_docs > docs/CONFIGURATION.md"
+    assert current == render(), (
+        "run: python -m kryten_llm.tools._config_docs > docs/CONFIGURATION.md"
+    )
 
 
 def test_every_section_and_field_is_documented() -> None:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from kryten_llm.decide.filters import SEEN_LINES_MAX, MessageFilter
 from kryten_llm.events import (
     MalformedEvent,
     chat_subject,
@@ -15,7 +16,6 @@ from kryten_llm.events import (
     parse_media,
     subject_token,
 )
-from kryten_llm.filters import SEEN_LINES_MAX, MessageFilter
 from kryten_llm.types import ChatLine
 from tests.support.bridge import cytube_escape, envelope
 

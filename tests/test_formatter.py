@@ -7,9 +7,9 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from kryten_llm._text import utf16_cut, utf16_len
 from kryten_llm.config import MessageProcessingSettings, PersonalitySettings, Settings
-from kryten_llm.formatter import ResponseFormatter, iter_sentences, split_text, strip_markdown
+from kryten_llm.reply._text import utf16_cut, utf16_len
+from kryten_llm.reply.formatter import ResponseFormatter, iter_sentences, split_text, strip_markdown
 
 LIMIT = 240
 

@@ -8,15 +8,15 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from kryten_llm._text import utf16_len
 from kryten_llm.config import (
     MessageProcessingSettings,
     PersonalitySettings,
     SafetySettings,
     Settings,
 )
-from kryten_llm.formatter import ResponseFormatter
-from kryten_llm.guard import (
+from kryten_llm.reply._text import utf16_len
+from kryten_llm.reply.formatter import ResponseFormatter
+from kryten_llm.reply.guard import (
     GuardDecision,
     GuardResult,
     OutputGuard,
@@ -294,7 +294,7 @@ def test_domain_config_is_validated() -> None:
 
 
 def test_decisions_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="kryten_llm.guard"):
+    with caplog.at_level(logging.DEBUG, logger="kryten_llm.reply.guard"):
         guard().check(["/clear https://x.com"])
     messages = [r.getMessage() for r in caplog.records]
     assert any("neutralised" in m for m in messages)

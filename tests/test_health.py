@@ -12,8 +12,8 @@ import pytest
 
 from kryten_llm._bus import really_connected
 from kryten_llm.config import ChannelSettings, LLMSettings, ProviderSettings
-from kryten_llm.health import HealthMonitor, assess, provider_component
-from kryten_llm.llm_manager import LLMManager, LLMUnavailable
+from kryten_llm.llm.manager import LLMManager, LLMUnavailable
+from kryten_llm.ops.health import HealthMonitor, assess, provider_component
 from kryten_llm.types import ChatMessage, LLMRequest
 from tests.support.fake_llm import FakeLLM
 
@@ -162,7 +162,7 @@ def test_worst_component_wins() -> None:
 def test_monitor_logs_each_change_once(caplog: pytest.LogCaptureFixture) -> None:
     status = StaticStatus()
     monitor = HealthMonitor(status)
-    caplog.set_level(logging.INFO, logger="kryten_llm.health")
+    caplog.set_level(logging.INFO, logger="kryten_llm.ops.health")
 
     def changes() -> list[str]:
         return [r.getMessage() for r in caplog.records if "health" in r.getMessage()]

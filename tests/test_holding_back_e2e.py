@@ -24,14 +24,14 @@ import pytest
 from aiohttp import web
 
 from kryten_llm.config import RateLimitSettings, Settings, SpamSettings
+from kryten_llm.daemon.service import LLMService, configured_secrets
+from kryten_llm.decide.ranks import RankRegistry, userlist_bucket
 from kryten_llm.events import chat_subject
 from kryten_llm.pipeline import EventClock
-from kryten_llm.ranks import RankRegistry, userlist_bucket
-from kryten_llm.replay import ReplayOptions, replay_transcript
 from kryten_llm.response_log import ResponseLog, ResponseRecord
-from kryten_llm.service import LLMService, configured_secrets
-from kryten_llm.simulate import cytube_escape
-from kryten_llm.transcript import TranscriptEvent, parse_transcript
+from kryten_llm.tools.replay import ReplayOptions, replay_transcript
+from kryten_llm.tools.simulate import cytube_escape
+from kryten_llm.tools.transcript import TranscriptEvent, parse_transcript
 from tests.support.bridge import Bridge
 from tests.support.fake_llm import FakeLLM, completion, last_user_message
 from tests.support.nats_server import NatsServer

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from kryten_llm.config import LLMSettings, ProviderSettings
-from kryten_llm.llm_manager import LLMManager, LLMUnavailable, StreamHandle
+from kryten_llm.llm.manager import LLMManager, LLMUnavailable, StreamHandle
 from kryten_llm.types import ChatMessage, LLMRequest
 from tests.support import fake_providers as fp
 from tests.support.fake_providers import KINDS, FakeProvider
@@ -169,7 +169,7 @@ async def test_fault_falls_back(
 ) -> None:
     primary.always(behaviour)
     manager = make_manager(session, pair(primary, backup), sleeps)
-    caplog.set_level(logging.WARNING, logger="kryten_llm.llm_manager")
+    caplog.set_level(logging.WARNING, logger="kryten_llm.llm.manager")
     started = time.monotonic()
     result = await manager.complete(REQUEST)
     assert time.monotonic() - started < 6.0
@@ -192,7 +192,7 @@ async def test_refused_connection_falls_back(
         "down": ProviderSettings(type=kind, base_url=fp.closed_port_url(kind), priority=1),
         "backup": backup.settings(priority=2),
     }
-    caplog.set_level(logging.WARNING, logger="kryten_llm.llm_manager")
+    caplog.set_level(logging.WARNING, logger="kryten_llm.llm.manager")
     result = await make_manager(session, providers).complete(REQUEST)
     assert result.provider == "backup"
     assert outcomes(result.attempts) == [("down", "connect")] * 3 + [("backup", "ok")]
@@ -208,7 +208,7 @@ async def test_redirect_is_an_error_not_retried_and_the_fallback_answers(
     """A redirect is a configuration error: one attempt, an ERROR line naming the host."""
     primary.always(fp.redirect(f"http://127.0.0.2:{backup.port}/v1/chat/completions"))
     manager = make_manager(session, pair(primary, backup))
-    caplog.set_level(logging.WARNING, logger="kryten_llm.llm_manager")
+    caplog.set_level(logging.WARNING, logger="kryten_llm.llm.manager")
     result = await manager.complete(REQUEST)
     assert result.provider == "backup"
     assert outcomes(result.attempts) == [("primary", "redirect"), ("backup", "ok")]
@@ -297,7 +297,7 @@ async def test_retry_after_beyond_deadline_moves_on(
     primary = servers["anthropic"]
     primary.reset()
     primary.always(fp.status(429, retry_after="4"))  # under the cap, over the time left
-    caplog.set_level(logging.WARNING, logger="kryten_llm.llm_manager")
+    caplog.set_level(logging.WARNING, logger="kryten_llm.llm.manager")
     manager = make_manager(session, pair(primary, backup), sleeps, reply_deadline_seconds=3.0)
     result = await manager.complete(REQUEST)
     assert result.provider == "backup" and sleeps.delays == []
@@ -315,7 +315,7 @@ async def test_every_provider_fails(
     a.always(fp.status(401))
     b.always(fp.malformed())
     providers = {"a": a.settings(priority=1, api_key=SECRET), "b": b.settings(priority=2)}
-    caplog.set_level(logging.WARNING, logger="kryten_llm.llm_manager")
+    caplog.set_level(logging.WARNING, logger="kryten_llm.llm.manager")
     with pytest.raises(LLMUnavailable) as info:
         await make_manager(session, providers).complete(REQUEST)
     assert outcomes(info.value.attempts) == [("a", "http_401"), ("b", "bad_json")]
@@ -429,7 +429,7 @@ async def test_breaker_opens_skips_half_opens_and_closes(
     manager = make_manager(
         session, pair(primary, backup), clock=clock, max_retries=0, breaker_min_calls=4
     )
-    caplog.set_level(logging.WARNING, logger="kryten_llm.llm_manager")
+    caplog.set_level(logging.WARNING, logger="kryten_llm.llm.manager")
     for _ in range(4):
         await manager.complete(REQUEST)
     state = manager.breaker_states()["primary"]
@@ -531,7 +531,7 @@ async def test_check_all_logs_each_and_survives_a_dead_provider(
         providers[kind] = servers[kind].settings()
     providers["dead"] = ProviderSettings(type="ollama", base_url=fp.closed_port_url("ollama"))
     providers["off"] = ProviderSettings(enabled=False)
-    caplog.set_level(logging.INFO, logger="kryten_llm.llm_manager")
+    caplog.set_level(logging.INFO, logger="kryten_llm.llm.manager")
     results = await make_manager(session, providers).check_all()
     assert set(results) == {*KINDS, "dead"}
     assert all(results[k][0] for k in KINDS)
@@ -626,7 +626,7 @@ async def test_stream_falls_back_before_first_delta(
     outcome: str,
 ) -> None:
     primary.always(behaviour)
-    caplog.set_level(logging.WARNING, logger="kryten_llm.llm_manager")
+    caplog.set_level(logging.WARNING, logger="kryten_llm.llm.manager")
     handle = make_manager(session, pair(primary, backup), max_retries=0).stream(REQUEST)
     text = "".join(await drain(handle))
     assert text == BACKUP_TEXT
@@ -644,7 +644,7 @@ async def test_stream_cut_midway_ends_cleanly(
     abort: bool,
 ) -> None:
     primary.always(fp.cut(["Half a ", "thought"], abort=abort))
-    caplog.set_level(logging.WARNING, logger="kryten_llm.llm_manager")
+    caplog.set_level(logging.WARNING, logger="kryten_llm.llm.manager")
     handle = make_manager(session, pair(primary, backup)).stream(REQUEST)
     assert await drain(handle) == ["Half a ", "thought"]
     assert handle.interrupted == "stream_cut"

@@ -85,17 +85,17 @@ async def test_one_correlation_id_follows_a_message_through_every_stage(
     assert cid
     mine = [r for r in collected.records if getattr(r, "correlation_id", "") == cid]
     loggers = {r.name for r in mine}
-    assert {"kryten_llm.pipeline", "kryten_llm.llm_manager"} <= loggers
+    assert {"kryten_llm.pipeline", "kryten_llm.llm.manager"} <= loggers
     replied = [r.getMessage() for r in mine if "replied to" in r.getMessage()]
     assert replied and "fake/fake-model" in replied[0] and "ms" in replied[0]
     assert "42+7 tokens" in replied[0]
-    assert any("dead" in r.getMessage() for r in mine if r.name == "kryten_llm.llm_manager")
+    assert any("dead" in r.getMessage() for r in mine if r.name == "kryten_llm.llm.manager")
 
 
 async def test_kryten_py_does_not_override_the_operators_level(
     nats_server: NatsServer, fake_llm: FakeLLM
 ) -> None:
-    from kryten_llm.service import LLMService
+    from kryten_llm.daemon.service import LLMService
 
     for level in ("WARNING", "DEBUG"):
         service = LLMService(make_settings(nats_server.url, fake_llm.base_url), log_level=level)

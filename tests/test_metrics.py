@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kryten_llm.health import HealthMonitor
-from kryten_llm.metrics import (
+from kryten_llm.ops.health import HealthMonitor
+from kryten_llm.ops.metrics import (
     LABEL_VALUES_MAX,
     OTHER_LABEL,
     Metrics,

@@ -19,10 +19,10 @@ import unicodedata
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from kryten_llm._text import utf16_len
 from kryten_llm.config import MessageProcessingSettings, PersonalitySettings, SafetySettings
-from kryten_llm.formatter import ResponseFormatter
-from kryten_llm.guard import GuardResult, OutputGuard, command_prefixes, is_command_like
+from kryten_llm.reply._text import utf16_len
+from kryten_llm.reply.formatter import ResponseFormatter
+from kryten_llm.reply.guard import GuardResult, OutputGuard, command_prefixes, is_command_like
 
 PROPERTY_SETTINGS = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]

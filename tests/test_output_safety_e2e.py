@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from kryten_llm.config import Settings
-from kryten_llm.guard import is_command_like
+from kryten_llm.reply.guard import is_command_like
 from tests.adversarial_outputs import ADVERSARIAL_OUTPUTS
 from tests.support.bridge import Bridge
 from tests.support.fake_llm import FakeLLM, completion, last_user_message
@@ -41,7 +41,7 @@ COMMAND_PREFIXES = ["/", "!", "."]
 QUIET_SECONDS = 0.8
 RECORD_TIMEOUT_SECONDS = 30.0
 
-# Written independently of kryten_llm.guard.LOOKALIKES: characters that read as a command
+# Written independently of kryten_llm.reply.guard.LOOKALIKES: characters that read as a command
 # character but that NFKC leaves alone. (Fullwidth and small forms fold to ASCII under NFKC.)
 SLASH_LOOKALIKES = frozenset(
     "\u2215\u2044\u29f8\u1735\u2571\u27cb\u29f6\u2afb\u2afd\u0337\u0338\u4e3f\u2f03"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kryten_llm.config import ContextSettings, PersonalitySettings
 from kryten_llm.context import CONVERSATIONS_PER_CHANNEL_MAX, ContextManager
-from kryten_llm.prompts import PromptBuilder, quote_data, safe_username
+from kryten_llm.reply.prompts import PromptBuilder, quote_data, safe_username
 from kryten_llm.types import ChatLine, MediaChange, Trigger
 
 

@@ -10,15 +10,15 @@ import aiohttp
 import pytest
 
 from kryten_llm.config import ProviderSettings
-from kryten_llm.providers import (
+from kryten_llm.llm.providers import (
     Provider,
     ProviderError,
     StreamItem,
     StreamUsage,
     build_provider,
 )
-from kryten_llm.providers._sse import SSEEvent, sse_events
-from kryten_llm.providers.base import merged_turns, parse_retry_after
+from kryten_llm.llm.providers._sse import SSEEvent, sse_events
+from kryten_llm.llm.providers.base import merged_turns, parse_retry_after
 from kryten_llm.types import ChatMessage, LLMRequest
 from tests.support import fake_providers as fp
 from tests.support.fake_providers import KINDS, FakeProvider

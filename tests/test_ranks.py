@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from kryten_llm.ranks import RankRegistry, load_ranks_from_kv, userlist_bucket
+from kryten_llm.decide.ranks import RankRegistry, load_ranks_from_kv, userlist_bucket
 from tests.support.nats_server import NatsServer
 
 USERS = [
@@ -88,7 +88,7 @@ def test_malformed_payloads_are_logged_and_ignored(
 ) -> None:
     registry = RankRegistry()
     registry.apply_event("lounge", "addUser", {"name": "keep", "rank": 2})
-    with caplog.at_level(logging.WARNING, logger="kryten_llm.ranks"):
+    with caplog.at_level(logging.WARNING, logger="kryten_llm.decide.ranks"):
         assert registry.apply_event("lounge", event, payload) is False
     assert "malformed" in caplog.text
     assert registry.malformed == 1
@@ -107,7 +107,7 @@ def test_bad_entries_in_a_list_are_skipped_one_by_one(caplog: pytest.LogCaptureF
 def test_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
     registry = RankRegistry(clock=lambda: now[0])
-    with caplog.at_level(logging.WARNING, logger="kryten_llm.ranks"):
+    with caplog.at_level(logging.WARNING, logger="kryten_llm.decide.ranks"):
         for _ in range(100):
             registry.apply_event("lounge", "addUser", None)
         now[0] = 61.0
@@ -162,7 +162,7 @@ async def test_missing_bucket_is_info_and_zero(
     nc: NatsClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = RankRegistry()
-    with caplog.at_level(logging.INFO, logger="kryten_llm.ranks"):
+    with caplog.at_level(logging.INFO, logger="kryten_llm.decide.ranks"):
         assert await load_ranks_from_kv(nc, "NoSuchChannel", registry, timeout_seconds=5) == 0
     [record] = caplog.records
     assert record.levelno == logging.INFO
@@ -173,7 +173,7 @@ async def test_missing_key_is_info_and_zero(
     nc: NatsClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     await nc.jetstream().create_key_value(bucket=userlist_bucket("EmptyLounge"))
-    with caplog.at_level(logging.INFO, logger="kryten_llm.ranks"):
+    with caplog.at_level(logging.INFO, logger="kryten_llm.decide.ranks"):
         assert await load_ranks_from_kv(nc, "EmptyLounge", RankRegistry(), 5) == 0
     assert "has no 'users' key" in caplog.text
 

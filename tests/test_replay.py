@@ -17,17 +17,17 @@ import pytest
 
 from kryten_llm.cli import main
 from kryten_llm.config import Settings, build_settings
-from kryten_llm.guard import is_command_like
-from kryten_llm.replay import (
+from kryten_llm.reply.guard import is_command_like
+from kryten_llm.tools.replay import (
     ReplayError,
     ReplayOptions,
     ReplayResult,
     format_report,
     replay_transcript,
 )
-from kryten_llm.simulate import cytube_escape
-from kryten_llm.stats import run_stats
-from kryten_llm.transcript import (
+from kryten_llm.tools.simulate import cytube_escape
+from kryten_llm.tools.stats import run_stats
+from kryten_llm.tools.transcript import (
     MAX_LINE_CHARS,
     MalformedLine,
     TranscriptEvent,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from kryten_llm.guard import is_command_like
+from kryten_llm.reply.guard import is_command_like
 from tests.support.bridge import Bridge, now_ms
 from tests.support.fake_llm import FakeLLM, completion, last_user_message
 from tests.support.nats_server import NatsServer, free_port

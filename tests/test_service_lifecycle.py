@@ -186,7 +186,7 @@ async def test_reload_applies_atomically_keeps_state_and_rejects_bad_files(
     nats_server: NatsServer, fake_llm: FakeLLM, bridge: Bridge, tmp_path: Path
 ) -> None:
     from kryten_llm.config import load_settings
-    from kryten_llm.service import LLMService
+    from kryten_llm.daemon.service import LLMService
 
     config = merge(
         base_config(nats_server.url, fake_llm.base_url),
@@ -420,8 +420,8 @@ async def test_only_the_events_it_uses_are_subscribed(
 async def test_the_service_waits_for_a_nats_server_that_comes_up_later(
     fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from kryten_llm.natsd import start_nats_server
-    from kryten_llm.service import LLMService
+    from kryten_llm.daemon.service import LLMService
+    from kryten_llm.tools.natsd import start_nats_server
     from tests.support.nats_server import free_port
 
     port = free_port()

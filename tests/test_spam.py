@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from kryten_llm.config import SpamSettings
-from kryten_llm.spam import SpamGuard
+from kryten_llm.decide.spam import SpamGuard
 
 
 class FakeClock:

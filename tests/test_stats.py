@@ -14,7 +14,7 @@ import pytest
 
 from kryten_llm.config import ResponseLogSettings
 from kryten_llm.response_log import ResponseLog, ResponseRecord
-from kryten_llm.stats import percentile, run_stats, summarise
+from kryten_llm.tools.stats import percentile, run_stats, summarise
 
 
 def row(

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from kryten_llm.responder import FLUSH_AFTER_SECONDS, SentenceChunker
+from kryten_llm.reply.responder import FLUSH_AFTER_SECONDS, SentenceChunker
 from tests.support.bridge import Bridge
 from tests.support.fake_llm import FakeLLM
 from tests.support.nats_server import NatsServer, free_port

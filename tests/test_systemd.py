@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kryten_llm.systemd import SystemdNotifier, notify_address, watchdog_seconds
+from kryten_llm.daemon.systemd import SystemdNotifier, notify_address, watchdog_seconds
 
 
 class FakeSystemd:

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from kryten_llm.config import TriggerSettings
-from kryten_llm.triggers import MentionDetector, TriggerEngine, compile_patterns
+from kryten_llm.decide.triggers import MentionDetector, TriggerEngine, compile_patterns
 
 
 def trig(name: str, patterns: list[str], **kw: object) -> TriggerSettings:

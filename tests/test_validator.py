@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from kryten_llm.config import ValidationSettings
-from kryten_llm.validator import ReplyValidator, Verdict, content_words
+from kryten_llm.reply.validator import ReplyValidator, Verdict, content_words
 
 CHANNEL = "420Grindhouse"
 
@@ -123,7 +123,7 @@ def test_disabled_validation_accepts_anything() -> None:
 
 
 def test_refusals_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="kryten_llm.validator"):
+    with caplog.at_level(logging.INFO, logger="kryten_llm.reply.validator"):
         make().validate(CHANNEL, "")
     assert "reply refused in 420Grindhouse: empty reply" in caplog.text
 

@@ -17,7 +17,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from kryten_llm.events import chat_subject
-from kryten_llm.simulate import cytube_escape, envelope, now_ms
+from kryten_llm.tools.simulate import cytube_escape, envelope, now_ms
 
 COMMAND_SUBJECT = "kryten.robot.command"
 __all__ = ["Bridge", "cytube_escape", "envelope", "now_ms"]

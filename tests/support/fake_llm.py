@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kryten_llm.offline import write_event_stream
+from kryten_llm.tools.offline import write_event_stream
 from tests.support.nats_server import free_port
 
 Behaviour = Callable[[dict[str, Any]], Awaitable[web.StreamResponse]]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kryten_llm.config import Settings, build_settings
-from kryten_llm.service import LLMService
+from kryten_llm.daemon.service import LLMService
 
 CHANNEL_A = "420Grindhouse"
 CHANNEL_B = "Lounge"

@@ -1,0 +1,441 @@
+"""Thin wiring: connect to NATS through kryten-py, build the pipeline, run until told to stop.
+
+Start order is chosen so nothing is lost and nothing half-starts: HTTP session and client
+first, then the pipeline and its workers, then the subscriptions (so the first event already
+has somewhere to go), then the bus presence, and systemd's READY=1 last. Stop order is the
+reverse, with a bounded grace period for replies already in flight and exactly one
+lifecycle shutdown event (published by kryten-py's disconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from kryten_llm import __version__
+from kryten_llm._bus import Client, raw_nats, really_connected
+from kryten_llm.config import ChannelSettings, ConfigError, Settings
+from kryten_llm.context import load_current_media
+from kryten_llm.daemon.dispatch import Dispatcher
+from kryten_llm.daemon.listener import MessageListener
+from kryten_llm.daemon.reload import load_for_reload
+from kryten_llm.daemon.systemd import SystemdNotifier
+from kryten_llm.decide.budget import BudgetEvent, UsageTracker
+from kryten_llm.decide.ranks import load_ranks_from_kv
+from kryten_llm.llm.manager import LLMManager
+from kryten_llm.logsetup import KRYTEN_NOISE, apply_level
+from kryten_llm.ops.control import ControlService, UnknownChannel
+from kryten_llm.ops.discovery import Announcer, lifecycle_service_config
+from kryten_llm.ops.health import HealthMonitor
+from kryten_llm.ops.metrics import Metrics, MetricsServer, metrics_summary
+from kryten_llm.pipeline import Pipeline
+from kryten_llm.reply.sender import ChatSender
+from kryten_llm.response_log import ResponseLog
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "llm"
+FEATURES = ("chat", "mentions", "triggers", "streaming", "fallback", "budgets", "dry-run")
+HTTP_CONNECTIONS_MAX = 32
+KV_TIMEOUT_SECONDS = 3.0
+CONNECT_STATUS_SECONDS = 10.0
+BUDGET_SUBJECT = "kryten.service.budget"
+
+
+def configured_secrets(settings: Settings) -> list[str]:
+    """Every secret value in play, so the response log can scrub them wherever they appear."""
+    secrets = [p.resolve_api_key() for p in settings.llm_providers.values()]
+    for secret in (settings.nats.password, settings.nats.token, settings.control.token):
+        if secret is not None:
+            secrets.append(secret.get_secret_value())
+    return [s for s in secrets if s]
+
+
+def kryten_config(settings: Settings, log_level: str) -> dict[str, Any]:
+    """kryten-py's config: our channels and lifecycle, no throttle of its own."""
+    nats_cfg: dict[str, Any] = {
+        "servers": settings.nats.server_list(),
+        "connect_timeout": settings.nats.connect_timeout_seconds,
+    }
+    if settings.nats.user:
+        nats_cfg["user"] = settings.nats.user
+    if settings.nats.password:
+        nats_cfg["password"] = settings.nats.password.get_secret_value()
+    if settings.nats.token:
+        nats_cfg["token"] = settings.nats.token.get_secret_value()
+    return {
+        "nats": nats_cfg,
+        "channels": [{"domain": c.domain, "channel": c.channel} for c in settings.channels],
+        "service": lifecycle_service_config(
+            SERVICE_NAME, __version__, settings.service, settings.metrics
+        ),
+        "log_level": log_level,
+        # We pace per channel (sender.py); kryten-py's process-wide throttle would make one
+        # channel's reply wait for another's.
+        "chat_min_delay": 0.0,
+        "chat_jitter": 0.0,
+    }
+
+
+class LLMService:
+    """One process serving every configured channel; also the health `StatusSource`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        log_level: str = "INFO",
+        config_path: Path | None = None,
+        force_dry_run: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.log_level = log_level
+        self.config_path = config_path
+        self.force_dry_run = force_dry_run
+        self.start_ms = int(time.time() * 1000)
+        self._stop = asyncio.Event()
+        self._stopped = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.client: Client | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.listener: MessageListener | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.pipeline: Pipeline | None = None
+        self.llm: LLMManager | None = None
+        self.sender: ChatSender | None = None
+        self.response_log = ResponseLog(
+            settings.response_log, secrets=lambda: configured_secrets(self.settings)
+        )
+        self.metrics = Metrics()
+        self.monitor = HealthMonitor(self)
+        self.notifier = SystemdNotifier()
+        self.announcer: Announcer | None = None
+        self.control: ControlService | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.pipeline_options: dict[str, Any] = {}
+        """Test and replay hooks passed to the Pipeline (clock, rng)."""
+
+    @property
+    def dry_run(self) -> bool:
+        return self.settings.testing.dry_run
+
+    # --- start ---------------------------------------------------------------------------
+
+    async def start(self) -> bool:
+        """Start everything; False if told to stop while still waiting for NATS."""
+        settings = self.settings
+        await self.response_log.start()
+        self.client = Client(
+            kryten_config(settings, self.log_level), logger=logging.getLogger("kryten")
+        )
+        apply_level(self.log_level)  # kryten-py just reset its logger's level to its own
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=HTTP_CONNECTIONS_MAX)
+        )
+        if not await self._connect(self.client):
+            return False
+        self.pipeline = self._build_pipeline(settings, self.session)
+        await self._load_bridge_state(self.pipeline)
+        self._start_workers(settings, self.client, self.pipeline)
+        assert self.listener is not None
+        await self.listener.start()
+        await self._start_presence(settings)
+        channels = ", ".join(f"{c.domain}/{c.channel}" for c in settings.channels)
+        note = " (dry run: nothing will be posted)" if self.dry_run else ""
+        log.info("kryten-llm %s ready on %s%s", __version__, channels, note)
+        self.notifier.ready(f"serving {channels}")
+        self.notifier.start_watchdog()
+        self._track(self._check_providers())
+        return True
+
+    async def _connect(self, client: Client) -> bool:
+        """Connect, waiting out a NATS server that is not up yet (at boot, during its restart).
+
+        nats-py retries the first connection forever (kryten-py asks for unlimited attempts,
+        logging each failure); we keep that wait interruptible by SIGTERM and tell systemd the
+        start is still in progress, so a long NATS outage does not get the bot killed by
+        `TimeoutStartSec` or spend its start limit.
+        """
+        connecting = asyncio.ensure_future(client.connect())
+        stopping = asyncio.ensure_future(self._stop.wait())
+        waited = 0.0
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {connecting, stopping},
+                    timeout=CONNECT_STATUS_SECONDS,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if connecting in done:
+                    connecting.result()  # a failure nats-py would not retry is raised here
+                    return True
+                if stopping in done:
+                    connecting.cancel()
+                    await asyncio.gather(connecting, return_exceptions=True)
+                    log.info("stopped while waiting for NATS")
+                    return False
+                waited += CONNECT_STATUS_SECONDS
+                log.warning("still waiting for NATS at %s (%.0f s)", self.settings.nats.url, waited)
+                self.notifier.notify(
+                    f"EXTEND_TIMEOUT_USEC={int(CONNECT_STATUS_SECONDS * 2 * 1_000_000)}"
+                )
+                self.notifier.status(f"waiting for NATS at {self.settings.nats.url}")
+        finally:
+            stopping.cancel()
+
+    def _build_pipeline(self, settings: Settings, session: aiohttp.ClientSession) -> Pipeline:
+        self.llm = LLMManager(settings.llm_providers, settings.llm_manager, session)
+        usage = UsageTracker(
+            settings.usage, settings.llm_providers, on_budget_event=self._on_budget_event
+        )
+        self.sender = ChatSender(self._send_chat, settings.message_processing, self.dry_run)
+        return Pipeline(
+            settings,
+            llm=self.llm,
+            sender=self.sender,
+            response_log=self.response_log,
+            usage=usage,
+            metrics=self.metrics,
+            start_ms=self.start_ms,
+            **self.pipeline_options,
+        )
+
+    def _start_workers(self, settings: Settings, client: Any, pipeline: Pipeline) -> None:
+        processing = settings.message_processing
+        self.listener = MessageListener(client, settings.channels, processing.inbound_queue_size)
+        self.dispatcher = Dispatcher(
+            self.listener.queue,
+            pipeline.decide,
+            pipeline.reply,
+            workers=processing.workers,
+            reply_queue_size=processing.queue_size,
+            on_dropped=pipeline.log_dropped,
+        )
+        self.dispatcher.start()
+
+    async def _start_presence(self, settings: Settings) -> None:
+        """Discovery and heartbeats, the control micro service, and /metrics + /health."""
+        self.metrics.attach(self, self.monitor)
+        self.announcer = Announcer(
+            self.client,
+            self,
+            self.monitor,
+            name=SERVICE_NAME,
+            version=__version__,
+            features=FEATURES,
+            heartbeat_interval_seconds=settings.service.heartbeat_interval_seconds,
+            instance_id=settings.service.instance_id,
+        )
+        await self.announcer.start()
+        if settings.control.enabled:
+            token = settings.control.token
+            self.control = ControlService(
+                self.client,
+                self,
+                self.monitor,
+                version=__version__,
+                instance_id=self.announcer.instance_id,
+                token=token.get_secret_value() if token else None,
+                on_reload=self.reload,
+                on_pause=self.pause,
+                on_resume=self.resume,
+                status_extra=lambda: metrics_summary(self.metrics),
+            )
+            await self.control.start()
+        if settings.metrics.enabled:
+            self.metrics_server = MetricsServer(
+                self.metrics, self.monitor, settings.metrics.host, settings.metrics.port
+            )
+            await self.metrics_server.start()
+
+    async def _load_bridge_state(self, pipeline: Pipeline) -> None:
+        """What the bridge already knows: ranks (chatMsg has none) and the video playing.
+
+        Missing buckets are normal (bridge not up yet, or JetStream off): events fill in.
+        """
+        connection = raw_nats(self.client)
+        if connection is None:
+            return
+        for channel in self.settings.channels:
+            await load_ranks_from_kv(
+                connection, channel.channel, pipeline.ranks, KV_TIMEOUT_SECONDS
+            )
+            media = await load_current_media(connection, channel, KV_TIMEOUT_SECONDS)
+            if media is not None:
+                pipeline.context.set_video(media)
+
+    async def _check_providers(self) -> None:
+        """Log each provider's availability; a provider that is down stops nothing."""
+        if self.llm is not None:
+            await self.llm.check_all()
+
+    async def _send_chat(self, channel: str, domain: str, text: str) -> object:
+        assert self.client is not None
+        return await self.client.send_chat(channel, text, domain=domain)
+
+    def _on_budget_event(self, event: BudgetEvent) -> None:
+        """Budget thresholds go to the log and the bus (published off the hot path)."""
+        log.warning("budget: %s", event)
+        if self.client is not None:
+            payload = {"service": SERVICE_NAME, **dict(event)}
+            self._track(self.client.publish(BUDGET_SUBJECT, payload))
+
+    def _track(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- control: reload, pause, resume --------------------------------------------------
+
+    async def reload(self) -> dict[str, object]:
+        """Re-read the config; apply it atomically or keep the old one (raises ConfigError)."""
+        plan = load_for_reload(self.config_path, self.settings, self.force_dry_run)
+        if self.pipeline is not None and self.llm is not None and self.sender is not None:
+            self.pipeline.apply(plan.settings)  # builds everything first; may raise
+            self.llm.reconfigure(plan.settings.llm_providers, plan.settings.llm_manager)
+            self.sender.reconfigure(plan.settings.message_processing, plan.settings.testing.dry_run)
+        self.settings = plan.settings
+        log.info("configuration reloaded: applied %s", ", ".join(plan.applied) or "no changes")
+        if plan.restart_required:
+            log.warning(
+                "changes to %s need a restart; still running the old values",
+                ", ".join(plan.restart_required),
+            )
+        return plan.summary()
+
+    async def reload_from_signal(self) -> None:
+        self.notifier.reloading()
+        try:
+            await self.reload()
+        except ConfigError as exc:
+            log.error("reload rejected, still running the previous configuration\n%s", exc.report())
+        except Exception as exc:
+            log.error(
+                "reload failed (%s: %s); still running the previous configuration",
+                exc.__class__.__name__,
+                exc,
+            )
+        finally:
+            self.notifier.ready()
+
+    def _channel_key(self, channel: str | None) -> list[str]:
+        names = {c.channel.lower() for c in self.settings.channels}
+        if channel is None:
+            return sorted(names)
+        if channel.lower() not in names:
+            raise UnknownChannel(channel)
+        return [channel.lower()]
+
+    def pause(self, channel: str | None) -> Collection[str]:
+        """Stop answering in a channel (or all); it is still heard and remembered."""
+        assert self.pipeline is not None
+        self.pipeline.paused.update(self._channel_key(channel))
+        log.warning("paused: %s", ", ".join(sorted(self.pipeline.paused)))
+        return sorted(self.pipeline.paused)
+
+    def resume(self, channel: str | None) -> Collection[str]:
+        assert self.pipeline is not None
+        self.pipeline.paused.difference_update(self._channel_key(channel))
+        log.warning("resumed; paused now: %s", ", ".join(sorted(self.pipeline.paused)) or "none")
+        return sorted(self.pipeline.paused)
+
+    # --- StatusSource (health, heartbeats, metrics) --------------------------------------
+
+    def nats_connected(self) -> bool:
+        return really_connected(self.client)
+
+    def provider_states(self) -> Mapping[str, Mapping[str, Any]]:
+        return self.llm.breaker_states() if self.llm is not None else {}
+
+    def limiter_saturation(self) -> float:
+        """The hourly reply budget used, worst channel first (a spent minute is routine)."""
+        if self.pipeline is None:
+            return 0.0
+        return float(self.pipeline.limiter.stats()["max_hour_saturation"])
+
+    def queue_depth(self) -> int:
+        inbound = self.listener.queue.qsize() if self.listener else 0
+        return inbound + (self.dispatcher.replies.qsize() if self.dispatcher else 0)
+
+    def queue_capacity(self) -> int:
+        processing = self.settings.message_processing
+        return processing.inbound_queue_size + processing.queue_size
+
+    def channels(self) -> Sequence[ChannelSettings]:
+        return self.settings.channels
+
+    def paused_channels(self) -> Collection[str]:
+        return sorted(self.pipeline.paused) if self.pipeline else []
+
+    # --- run and stop --------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._track(self.reload_from_signal()))
+
+    async def run_until_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        """Stop listening, let in-flight replies finish briefly, then close everything once."""
+        if self._stopped:
+            return
+        self._stopped = True
+        log.info("shutting down")
+        self.notifier.stopping()
+        grace = self.settings.service.shutdown_grace_seconds
+        if self.listener is not None:
+            await self.listener.stop()
+        if self.dispatcher is not None:
+            if not await self.dispatcher.drain(grace):
+                log.warning("in-flight replies did not finish within %.0fs; cancelling them", grace)
+            await self.dispatcher.stop()
+        for component in (self.announcer, self.control, self.metrics_server):
+            if component is not None:
+                await component.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.client is not None:
+            KRYTEN_NOISE.shutting_down = True  # the disconnect that follows is intended
+            try:
+                await self.client.disconnect(reason="shutdown")  # the one shutdown event
+            finally:
+                KRYTEN_NOISE.shutting_down = False
+        if self.session is not None:
+            await self.session.close()
+        await self.response_log.close()
+        await self.notifier.close()
+        log.info("stopped")
+
+
+async def run_service(
+    settings: Settings,
+    log_level: str,
+    config_path: Path | None = None,
+    force_dry_run: bool = False,
+) -> int:
+    """Run until SIGTERM/SIGINT; the exit status for the CLI."""
+    service = LLMService(settings, log_level, config_path, force_dry_run)
+    service.install_signal_handlers()
+    try:
+        started = await service.start()
+    except Exception as exc:
+        log.error("could not start: %s: %s", exc.__class__.__name__, exc)
+        await service.stop()
+        return 1
+    if started:
+        await service.run_until_stopped()
+    await service.stop()
+    return 0

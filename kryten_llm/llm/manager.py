@@ -1,0 +1,653 @@
+"""Which provider answers, and what happens when one fails: selection, retries, breakers, streams.
+
+One reply walks an ordered list of candidate providers:
+
+- order: the trigger's `preferred` provider first (if enabled), then providers by `priority`
+  (lower first, then name); every provider is followed at once by its explicit `fallback`
+  chain (depth first). Each provider appears once; disabled or unknown names are skipped.
+- one overall deadline per reply (`reply_deadline_seconds`); each attempt gets its provider's
+  `timeout_seconds` (or `attempt_timeout_seconds`), shortened so that, while other candidates
+  remain, `fallback_reserve_seconds` of the deadline is left for them: a hanging provider
+  cannot eat the fallback's time.
+- retries only for retryable failures (timeouts, connection errors, 408, 409, 429, 5xx,
+  `stream_cut` before any text), with exponential backoff and jitter. `Retry-After` is obeyed
+  if it fits under `retry_after_cap_seconds` and the deadline; otherwise the next provider is
+  tried at once. 400/401/403/404, `bad_json`, `empty` and `blocked` move on without retry.
+- a circuit breaker per provider (rolling window of outcomes): open when the failure rate is
+  at least `breaker_failure_rate` over at least `breaker_min_calls`; an open provider is
+  skipped for `breaker_cooldown_seconds`, then one half-open probe decides.
+
+Every attempt (and every skip) is recorded as an `Attempt` and logged with its reason; the
+caller gets them on the result, or in `LLMUnavailable` when nothing answered.
+
+Streaming: `stream()` returns a `StreamHandle`. Fallback and retries apply only until the first
+non-blank delta reaches the caller. A stream that breaks after that ends *cleanly*: iteration
+stops, `handle.result` holds the partial text, `handle.interrupted` names the failure kind and
+the failed attempt is in `handle.result.attempts`. Providers configured with `stream: false`
+are asked with `complete()` and their whole answer arrives as one delta.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiohttp
+
+from kryten_llm.config import LLMSettings, ProviderSettings
+from kryten_llm.llm.providers import Provider, ProviderError, StreamUsage, build_provider
+from kryten_llm.types import Attempt, LLMRequest, LLMResult
+
+log = logging.getLogger(__name__)
+
+MIN_ATTEMPT_SECONDS = 0.1
+"""An attempt with less time than this left before the deadline is not started."""
+TIMEOUT_GRACE_SECONDS = 0.5
+"""Slack on top of a provider's own timeout before the manager cuts the call itself."""
+NOT_HEALTH_KINDS = frozenset({"blocked"})
+"""Failures that say something about the prompt, not the provider: ignored by breakers."""
+
+BreakerState = Literal["closed", "open", "half_open"]
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+class LLMUnavailable(Exception):
+    """No provider produced a reply; `attempts` says who was tried and how each failed."""
+
+    def __init__(self, attempts: tuple[Attempt, ...], reason: str) -> None:
+        self.attempts = attempts
+        self.reason = reason
+        super().__init__(reason)
+
+
+# --- circuit breaker ---------------------------------------------------------------------------
+
+
+@dataclass
+class CircuitBreaker:
+    """One provider's health, from its recent outcomes (True = success)."""
+
+    window: deque[bool]
+    state: BreakerState = "closed"
+    opened_at: float = 0.0
+    probe_in_flight: bool = False
+    last_success_at: float | None = None
+    last_failure_at: float | None = None
+    last_error: str | None = None
+
+    @classmethod
+    def sized(cls, window: int) -> CircuitBreaker:
+        return cls(window=deque(maxlen=window))
+
+    def resize(self, window: int) -> None:
+        if self.window.maxlen != window:
+            self.window = deque(self.window, maxlen=window)
+
+    def allow(self, now: float, cfg: LLMSettings) -> bool:
+        """May a call start now? An expired open breaker admits exactly one probe."""
+        if self.state == "closed":
+            return True
+        if self.state == "open" and now - self.opened_at >= cfg.breaker_cooldown_seconds:
+            self.state = "half_open"
+            self.probe_in_flight = False
+        if self.state == "half_open" and not self.probe_in_flight:
+            self.probe_in_flight = True
+            return True
+        return False
+
+    def record(self, ok: bool, kind: str, now: float, cfg: LLMSettings) -> BreakerState:
+        """Count one outcome; return the state it leaves the breaker in."""
+        if ok:
+            self.last_success_at = time.time()
+        else:
+            self.last_failure_at = time.time()
+            self.last_error = kind
+        if self.state == "half_open":
+            self.probe_in_flight = False
+            if ok:
+                self.state = "closed"
+                self.window.clear()
+            else:
+                self._open(now)
+            return self.state
+        self.window.append(ok)
+        if self.state == "closed" and self._tripped(cfg):
+            self._open(now)
+        return self.state
+
+    def release_probe(self) -> None:
+        """A probe that ended without a verdict (cancelled) lets the next call probe."""
+        self.probe_in_flight = False
+
+    def snapshot(self) -> dict[str, object]:
+        calls = len(self.window)
+        return {
+            "state": self.state,
+            "calls": calls,
+            "failure_rate": (self.window.count(False) / calls) if calls else 0.0,
+            "last_success_at": self.last_success_at,
+            "last_failure_at": self.last_failure_at,
+            "last_error": self.last_error,
+        }
+
+    def _tripped(self, cfg: LLMSettings) -> bool:
+        calls = len(self.window)
+        return calls >= cfg.breaker_min_calls and (
+            self.window.count(False) / calls >= cfg.breaker_failure_rate
+        )
+
+    def _open(self, now: float) -> None:
+        self.state = "open"
+        self.opened_at = now
+
+
+# --- one reply's walk through the providers ----------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    """One attempt the plan grants: which provider, with how long, and (after) its outcome."""
+
+    provider: Provider
+    timeout_seconds: float
+    error: ProviderError | None = None
+    done: bool = False
+
+
+@dataclass
+class _Reply:
+    """Deadline, attempts and retry decisions for one reply."""
+
+    manager: LLMManager
+    request: LLMRequest
+    order: list[Provider]
+    deadline: float
+    started: float
+    attempts: list[Attempt] = field(default_factory=list)
+    reason: str = ""
+
+    def remaining(self) -> float:
+        return self.deadline - self.manager.clock()
+
+    async def plan(self) -> AsyncGenerator[_Slot, None]:
+        """Yield attempt slots; the caller fills in each slot's outcome before resuming."""
+        cfg = self.manager.llm
+        if not self.order:
+            self.reason = "no enabled provider"
+            return
+        for index, provider in enumerate(self.order):
+            breaker = self.manager.breaker(provider.name)
+            if not breaker.allow(self.manager.clock(), cfg):
+                self.skip(provider.name, "breaker_open", "circuit breaker open")
+                continue
+            more_after = index < len(self.order) - 1
+            for retry in range(cfg.max_retries + 1):
+                if retry and not breaker.allow(self.manager.clock(), cfg):
+                    break
+                remaining = self.remaining()
+                if remaining < MIN_ATTEMPT_SECONDS:
+                    breaker.release_probe()
+                    self.reason = f"deadline of {cfg.reply_deadline_seconds:g}s exceeded"
+                    return
+                slot = _Slot(provider, self.attempt_timeout(provider, remaining, more_after))
+                yield slot
+                if slot.error is None:
+                    return
+                delay = self.retry_delay(slot.error, retry)
+                if delay is None or breaker.state == "open":
+                    break
+                await self.manager.sleep(delay)
+        if not self.reason:
+            self.reason = self.summary()
+
+    def attempt_timeout(self, provider: Provider, remaining: float, more_after: bool) -> float:
+        cfg = self.manager.llm
+        timeout = min(provider.settings.timeout_seconds or cfg.attempt_timeout_seconds, remaining)
+        reserved = remaining - cfg.fallback_reserve_seconds
+        if more_after and reserved >= MIN_ATTEMPT_SECONDS:
+            timeout = min(timeout, reserved)
+        return timeout
+
+    def retry_delay(self, error: ProviderError, retry: int) -> float | None:
+        """Seconds to wait before retrying the same provider, or None to move on."""
+        cfg = self.manager.llm
+        if not error.retryable or retry >= cfg.max_retries:
+            return None
+        remaining = self.remaining()
+        if error.retry_after_seconds is not None:
+            wait = error.retry_after_seconds
+            if wait > cfg.retry_after_cap_seconds or wait > remaining - MIN_ATTEMPT_SECONDS:
+                log.warning(
+                    "LLM provider %s asked to retry after %gs (cap %gs, %.1fs left): "
+                    "moving to the next provider",
+                    error.provider,
+                    wait,
+                    cfg.retry_after_cap_seconds,
+                    remaining,
+                )
+                return None
+            return wait
+        backoff = min(cfg.backoff_max_seconds, cfg.backoff_base_seconds * 2**retry)
+        jitter = 1.0 - cfg.jitter_fraction + 2 * cfg.jitter_fraction * self.manager.rng.random()
+        delay = min(cfg.backoff_max_seconds, backoff * jitter)
+        return delay if delay < remaining - MIN_ATTEMPT_SECONDS else None
+
+    def succeeded(self, slot: _Slot, latency_ms: float) -> None:
+        slot.done = True
+        self.attempts.append(Attempt(slot.provider.name, "ok", round(latency_ms, 1)))
+        self.manager.breaker(slot.provider.name).record(
+            True, "ok", self.manager.clock(), self.manager.llm
+        )
+
+    def failed(self, slot: _Slot, error: ProviderError, latency_ms: float) -> None:
+        slot.done = True
+        slot.error = error
+        name = slot.provider.name
+        self.attempts.append(Attempt(name, error.kind, round(latency_ms, 1)))
+        breaker = self.manager.breaker(name)
+        if error.kind in NOT_HEALTH_KINDS:
+            breaker.release_probe()
+            state = breaker.state
+        else:
+            state = breaker.record(False, error.kind, self.manager.clock(), self.manager.llm)
+        # A redirect is the operator's to fix (base_url), not a passing fault: say it loudly.
+        log.log(
+            logging.ERROR if error.kind == "redirect" else logging.WARNING,
+            "LLM attempt failed: provider=%s outcome=%s latency_ms=%.0f retryable=%s "
+            "breaker=%s detail=%s",
+            name,
+            error.kind,
+            latency_ms,
+            error.retryable,
+            state,
+            error.detail,
+        )
+
+    def abandoned(self, slot: _Slot, latency_ms: float) -> None:
+        """The caller went away mid-attempt: recorded, but no verdict on the provider."""
+        if slot.done:
+            return
+        slot.done = True
+        self.attempts.append(Attempt(slot.provider.name, "abandoned", round(latency_ms, 1)))
+        self.manager.breaker(slot.provider.name).release_probe()
+
+    def skip(self, name: str, outcome: str, why: str) -> None:
+        self.attempts.append(Attempt(name, outcome, 0.0))
+        log.warning("LLM provider %s skipped: %s", name, why)
+
+    def summary(self) -> str:
+        tried = ", ".join(f"{a.provider}={a.outcome}" for a in self.attempts)
+        return f"all providers failed ({tried})"
+
+    def unavailable(self) -> LLMUnavailable:
+        reason = self.reason or self.summary()
+        log.warning("LLM: no reply: %s", reason)
+        return LLMUnavailable(tuple(self.attempts), reason)
+
+    def elapsed_ms(self) -> float:
+        return (self.manager.clock() - self.started) * 1000.0
+
+
+# --- streaming handle --------------------------------------------------------------------------
+
+
+class StreamHandle:
+    """`async for delta in handle` yields text; afterwards `handle.result` is the LLMResult.
+
+    Iteration raises `LLMUnavailable` only if no provider produced any text. A stream that
+    fails after text has been yielded just stops: `result.text` is the partial text and
+    `interrupted` holds the failure kind (`stream_cut`, `timeout`, `deadline`, ...).
+    """
+
+    def __init__(self, manager: LLMManager, request: LLMRequest, preferred: str | None) -> None:
+        self._manager = manager
+        self._request = request
+        self._preferred = preferred
+        self._iterator: AsyncGenerator[str, None] | None = None
+        self._result: LLMResult | None = None
+        self.interrupted: str | None = None
+        self.first_delta_ms: float | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        if self._iterator is not None:
+            raise RuntimeError("a StreamHandle can be iterated only once")
+        self._iterator = self._manager._stream_reply(self, self._request, self._preferred)
+        return self._iterator
+
+    @property
+    def result(self) -> LLMResult:
+        if self._result is None:
+            raise RuntimeError("the stream has not finished")
+        return self._result
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    async def aclose(self) -> None:
+        """Stop early (the caller lost interest); the in-flight request is closed."""
+        if self._iterator is not None:
+            await self._iterator.aclose()
+
+
+# --- the manager -------------------------------------------------------------------------------
+
+
+class LLMManager:
+    """Asks providers for replies: ordering, deadlines, retries, breakers and streams."""
+
+    def __init__(
+        self,
+        providers: dict[str, ProviderSettings],
+        llm: LLMSettings,
+        session: aiohttp.ClientSession,
+        *,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.session = session
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self.clock = clock
+        self.llm = llm
+        self._providers: dict[str, Provider] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self.reconfigure(providers, llm)
+
+    # --- configuration and health ---
+
+    def reconfigure(self, providers: dict[str, ProviderSettings], llm: LLMSettings) -> None:
+        """Hot reload: new provider objects; breakers survive for names that still exist."""
+        self.llm = llm
+        self._providers = {name: build_provider(name, s) for name, s in providers.items()}
+        self._breakers = {
+            name: self._breakers.get(name) or CircuitBreaker.sized(llm.breaker_window)
+            for name in providers
+        }
+        for breaker in self._breakers.values():
+            breaker.resize(llm.breaker_window)
+        for name, settings in providers.items():
+            unknown = [f for f in settings.fallback if f not in providers]
+            if unknown:
+                log.warning("LLM provider %s: unknown fallback provider(s) %s", name, unknown)
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        """The provider's breaker; a throwaway one if a reload removed it mid-reply."""
+        found = self._breakers.get(name)
+        return found if found is not None else CircuitBreaker.sized(self.llm.breaker_window)
+
+    def breaker_states(self) -> dict[str, dict[str, object]]:
+        """Per provider: `state` (closed/open/half_open), failure rate, last success/failure."""
+        return {name: b.snapshot() for name, b in self._breakers.items()}
+
+    async def check_all(self) -> dict[str, tuple[bool, str]]:
+        """Probe every enabled provider's models endpoint and log the result; never raises."""
+        enabled = [p for p in self._providers.values() if p.settings.enabled]
+        results = await asyncio.gather(*(self._check(p) for p in enabled))
+        return {p.name: r for p, r in zip(enabled, results, strict=True)}
+
+    async def _check(self, provider: Provider) -> tuple[bool, str]:
+        timeout = self.llm.health_check_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout + TIMEOUT_GRACE_SECONDS):
+                ok, detail = await provider.check_availability(self.session, timeout)
+        except TimeoutError:
+            ok, detail = False, f"timeout: no answer within {timeout:g}s"
+        level = logging.INFO if ok else logging.WARNING
+        log.log(
+            level,
+            "LLM provider %s (%s %s, model %s): %s",
+            provider.name,
+            provider.settings.type,
+            provider.settings.base_url,
+            provider.model,
+            ("available, " if ok else "UNAVAILABLE, ") + detail,
+        )
+        return ok, detail
+
+    def order(self, preferred: str | None = None) -> list[str]:
+        """Candidate names for one reply: preferred, then by priority, fallbacks after each."""
+        enabled = {n: p.settings for n, p in self._providers.items() if p.settings.enabled}
+        seeds = sorted(enabled, key=lambda n: (enabled[n].priority, n))
+        if preferred is not None:
+            if preferred in enabled:
+                seeds.insert(0, preferred)
+            else:
+                log.warning("LLM: preferred provider %r is unknown or disabled", preferred)
+        order: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in order or name not in enabled:
+                return
+            order.append(name)
+            for follower in enabled[name].fallback:
+                visit(follower)
+
+        for seed in seeds:
+            visit(seed)
+        return order
+
+    def _new_reply(self, request: LLMRequest, preferred: str | None) -> _Reply:
+        now = self.clock()
+        return _Reply(
+            manager=self,
+            request=request,
+            order=[self._providers[n] for n in self.order(preferred)],
+            deadline=now + self.llm.reply_deadline_seconds,
+            started=now,
+        )
+
+    # --- complete ---
+
+    async def complete(self, request: LLMRequest, preferred: str | None = None) -> LLMResult:
+        """The first good reply along the candidate order; raises LLMUnavailable."""
+        reply = self._new_reply(request, preferred)
+        plan = reply.plan()
+        try:
+            async for slot in plan:
+                result = await self._attempt_complete(reply, slot)
+                if result is not None:
+                    return dataclasses.replace(
+                        result,
+                        latency_ms=round(reply.elapsed_ms(), 1),
+                        attempts=tuple(reply.attempts),
+                    )
+        finally:
+            await plan.aclose()
+        raise reply.unavailable()
+
+    async def _attempt_complete(self, reply: _Reply, slot: _Slot) -> LLMResult | None:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(slot.timeout_seconds + TIMEOUT_GRACE_SECONDS):
+                result = await slot.provider.complete(
+                    self.session, reply.request, slot.timeout_seconds
+                )
+        except ProviderError as exc:
+            reply.failed(slot, exc, _ms_since(started))
+            return None
+        except TimeoutError:
+            reply.failed(slot, _timeout_error(slot), _ms_since(started))
+            return None
+        except Exception as exc:  # a provider bug must not take the reply down with it
+            reply.failed(slot, _internal_error(slot, exc), _ms_since(started))
+            return None
+        else:
+            reply.succeeded(slot, _ms_since(started))
+            return result
+        finally:
+            reply.abandoned(slot, _ms_since(started))
+
+    # --- stream ---
+
+    def stream(self, request: LLMRequest, preferred: str | None = None) -> StreamHandle:
+        """A handle to iterate for text deltas; see `StreamHandle`."""
+        return StreamHandle(self, request, preferred)
+
+    async def _stream_reply(
+        self, handle: StreamHandle, request: LLMRequest, preferred: str | None
+    ) -> AsyncGenerator[str, None]:
+        reply = self._new_reply(request, preferred)
+        plan = reply.plan()
+        try:
+            async for slot in plan:
+                attempt = _StreamAttempt(self, reply, slot)
+                async with contextlib.aclosing(attempt.run()) as deltas:
+                    async for delta in deltas:
+                        if handle.first_delta_ms is None:
+                            handle.first_delta_ms = round(reply.elapsed_ms(), 1)
+                        yield delta
+                if attempt.result is not None:
+                    handle.interrupted = attempt.interrupted
+                    handle._result = dataclasses.replace(
+                        attempt.result,
+                        latency_ms=round(reply.elapsed_ms(), 1),
+                        attempts=tuple(reply.attempts),
+                    )
+                    return
+        finally:
+            await plan.aclose()
+        raise reply.unavailable()
+
+
+class _StreamAttempt:
+    """One streaming call to one provider; owns the partial text and the outcome."""
+
+    def __init__(self, manager: LLMManager, reply: _Reply, slot: _Slot) -> None:
+        self.manager = manager
+        self.reply = reply
+        self.slot = slot
+        self.parts: list[str] = []
+        self.usage: StreamUsage | None = None
+        self.result: LLMResult | None = None
+        self.interrupted: str | None = None
+
+    async def run(self) -> AsyncGenerator[str, None]:
+        """Yield deltas; leading blank deltas are held back so fallback stays possible."""
+        started = time.perf_counter()
+        provider = self.slot.provider
+        if provider.settings.stream:
+            # The provider's read bound is the looser of the two phases (a model may be slow
+            # to start); the bound of each phase is enforced here, per delta.
+            read_timeout = max(
+                self.slot.timeout_seconds, self.manager.llm.stream_idle_timeout_seconds
+            )
+            items = provider.stream(self.manager.session, self.reply.request, read_timeout)
+        else:
+            items = provider.stream_via_complete(
+                self.manager.session, self.reply.request, self.slot.timeout_seconds
+            )
+        held = ""
+        yielded = False
+        try:
+            while True:
+                wait = self._wait_seconds(yielded)
+                try:
+                    async with asyncio.timeout(wait):
+                        item = await anext(items)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise self._silence_error(wait) from None
+                if isinstance(item, StreamUsage):
+                    self.usage = item
+                    continue
+                self.parts.append(item)
+                if yielded:
+                    yield item
+                elif (held + item).strip():
+                    yielded = True
+                    yield held + item
+                else:
+                    held += item
+            if not yielded:
+                raise ProviderError(provider.name, "empty", "stream carried no text")
+        except ProviderError as exc:
+            self._fail(exc, started, yielded)
+        except Exception as exc:  # a provider bug ends this attempt, not the reply
+            self._fail(_internal_error(self.slot, exc), started, yielded)
+        else:
+            self.reply.succeeded(self.slot, _ms_since(started))
+            self.result = self._result(provider)
+        finally:
+            await _aclose(items)
+            self.reply.abandoned(self.slot, _ms_since(started))
+
+    def _wait_seconds(self, yielded: bool) -> float:
+        """Before the first delta the attempt timeout applies; after it, the idle timeout."""
+        remaining = max(self.reply.remaining(), 0.0)
+        limit = (
+            self.manager.llm.stream_idle_timeout_seconds if yielded else self.slot.timeout_seconds
+        )
+        return min(limit, remaining) + (TIMEOUT_GRACE_SECONDS if not yielded else 0.0)
+
+    def _silence_error(self, wait: float) -> ProviderError:
+        if self.reply.remaining() <= 0:
+            return ProviderError(self.slot.provider.name, "deadline", "reply deadline reached")
+        return ProviderError(
+            self.slot.provider.name, "timeout", f"no data for {wait:g}s", retryable=True
+        )
+
+    def _fail(self, error: ProviderError, started: float, yielded: bool) -> None:
+        self.reply.failed(self.slot, error, _ms_since(started))
+        if yielded:
+            # Text already reached the caller: no fallback, keep what we have.
+            self.interrupted = error.kind
+            self.result = self._result(self.slot.provider)
+            log.warning(
+                "LLM stream from %s broke after %d chars (%s): reply ends early",
+                self.slot.provider.name,
+                len("".join(self.parts)),
+                error.kind,
+            )
+
+    def _result(self, provider: Provider) -> LLMResult:
+        usage = self.usage or StreamUsage(None, None, None)
+        return LLMResult(
+            text="".join(self.parts),
+            provider=provider.name,
+            model=usage.model or provider.model,
+            latency_ms=0.0,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+        )
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def _timeout_error(slot: _Slot) -> ProviderError:
+    return ProviderError(
+        slot.provider.name,
+        "timeout",
+        f"no answer within {slot.timeout_seconds:g}s",
+        retryable=True,
+    )
+
+
+def _internal_error(slot: _Slot, exc: Exception) -> ProviderError:
+    # Only the class name: an unexpected exception's text may carry request details.
+    return ProviderError(slot.provider.name, "internal", exc.__class__.__name__)
+
+
+async def _aclose(items: AsyncIterator[object]) -> None:
+    close = getattr(items, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:  # closing a broken stream must not mask the real outcome
+            log.debug("closing a provider stream failed", exc_info=True)

@@ -1,0 +1,536 @@
+"""The contract every LLM provider keeps, and the one error type they all raise.
+
+A provider knows one wire format and nothing about fallback, retries or chat: the LLM manager
+decides what to do with a `ProviderError`, using `retryable` and `retry_after_seconds`.
+
+Failure kinds (`ProviderError.kind`, also the `Attempt.outcome` the manager records):
+
+- `http_<status>`: the server answered with an error status. Retryable for 408, 409, 429 and
+  5xx; 400/401/403/404 and other 4xx are not (a retry would get the same answer).
+- `timeout`, `connect`, `network`: no usable answer arrived. Retryable.
+- `bad_json`: the body is not the JSON the wire format promises. Not retryable: a server that
+  sends garbage usually keeps doing so, and the next provider is a better bet than a retry.
+- `empty`: no choices / no text / null content. Not retryable, for the same reason.
+- `api_error`: an error object inside an otherwise successful response (OpenRouter, Ollama,
+  Anthropic stream `error` events). Retryable when the embedded code says it is transient.
+- `blocked`: the provider refused the prompt (Gemini safety). Not retryable.
+- `stream_cut`: a stream ended (or broke) before its end marker. Retryable before the first
+  delta; after it, the manager ends the reply with what it has.
+- `bad_request`: the request could not even be built (e.g. a header with a line break).
+- `redirect`: the endpoint answered 3xx. Provider requests never follow redirects, because
+  the key headers (`x-api-key`, `x-goog-api-key`, `extra_headers`) would go with them to
+  whatever host the redirect names. It is a configuration error (fix `base_url`): not
+  retryable, and reported naming the target host.
+
+Secrets: the resolved API key only ever goes into request headers; every error detail is
+scrubbed of it before a `ProviderError` is built, so it cannot reach logs or attempt records.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from kryten_llm.config import ProviderSettings
+from kryten_llm.llm.providers._sse import SSEEvent, ndjson_lines, sse_events
+from kryten_llm.types import LLMRequest, LLMResult
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+"""A completion body larger than this is a broken or hostile server, not a chat reply."""
+ERROR_EXCERPT_CHARS = 200
+REDACTED_KEY = "***"
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What a provider's completion response says: the text, the model and the usage."""
+
+    text: str
+    model: object = None
+    """As reported by the provider (any JSON value); the configured model when absent."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class ProviderError(Exception):
+    """A failed call. `kind` is short and log-friendly: `http_500`, `timeout`, `connect`, ..."""
+
+    def __init__(
+        self,
+        provider: str,
+        kind: str,
+        detail: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        self.provider = provider
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+        self.retryable = retryable
+        self.retry_after_seconds = retry_after_seconds
+        super().__init__(f"{provider}: {kind}: {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamUsage:
+    """Token counts a stream reports at its end (yielded after the last text delta)."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    model: str | None = None
+
+
+StreamItem = str | StreamUsage
+"""What `Provider.stream` yields: text deltas, then at most one `StreamUsage`."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds form; HTTP dates are ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 and seconds == seconds else None
+
+
+def redirect_target(resp: aiohttp.ClientResponse) -> str | None:
+    """The host a 3xx answer points at (None if `resp` is no redirect).
+
+    Only the host and port are named: the rest of a `Location` is the other side's to choose
+    and may be long or hostile.
+    """
+    if not 300 <= resp.status < 400:
+        return None
+    location = resp.headers.get("Location", "")
+    try:
+        target = resp.url.join(URL(location)) if location else resp.url
+    except ValueError:
+        return "an unparsable location"
+    host = target.host or "an unknown host"
+    return f"{host}:{target.port}" if target.port else host
+
+
+def error_excerpt(body: str, limit: int = ERROR_EXCERPT_CHARS) -> str:
+    """A short, single-line excerpt of an error body, safe to log."""
+    return " ".join(body.split())[:limit]
+
+
+def error_message(body: str) -> str:
+    """The human message of an error body in any of our wire formats, else an excerpt.
+
+    OpenAI, OpenRouter, Anthropic and Gemini all nest `error.message`; Ollama sends
+    `{"error": "text"}`.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return error_excerpt(body)
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            kind = err.get("type") or err.get("status")
+            prefix = f"{kind}: " if isinstance(kind, str) and kind else ""
+            return error_excerpt(prefix + err["message"])
+        if isinstance(err, str):
+            return error_excerpt(err)
+    return error_excerpt(body)
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one: untrusted JSON, read defensively."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: object) -> list[Any]:
+    """`value` if it is a JSON array, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
+def int_or_none(value: object) -> int | None:
+    """A token count from untrusted JSON: a non-negative int, or None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def merged_turns(request: LLMRequest) -> list[tuple[str, str]]:
+    """The conversation as strictly alternating (role, text) turns starting with the user.
+
+    Anthropic and Gemini want alternating turns that open with the user; our context may hold
+    several user lines in a row, so consecutive same-role messages are joined.
+    """
+    turns: list[tuple[str, str]] = []
+    for message in request.messages:
+        role = "assistant" if message.role == "assistant" else "user"
+        if turns and turns[-1][0] == role:
+            turns[-1] = (role, turns[-1][1] + "\n\n" + message.content)
+        else:
+            turns.append((role, message.content))
+    if not turns or turns[0][0] != "user":
+        turns.insert(0, ("user", "(the conversation so far)"))
+    return turns
+
+
+def strip_suffix(base_url: str, *suffixes: str) -> str:
+    """`base_url` without a trailing API-version path the wire format adds itself."""
+    for suffix in suffixes:
+        if base_url.endswith(suffix):
+            return base_url[: -len(suffix)]
+    return base_url
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_RESPONSE_BYTES) -> str:
+    """The response body as text, refusing to buffer more than `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await resp.content.read(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"response body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+class Provider(ABC):
+    """One configured endpoint of one wire format."""
+
+    def __init__(self, name: str, settings: ProviderSettings) -> None:
+        self.name = name
+        self.settings = settings
+
+    @property
+    def model(self) -> str:
+        return self.settings.model
+
+    # --- what each wire format supplies -------------------------------------------------
+
+    async def complete(
+        self, session: aiohttp.ClientSession, request: LLMRequest, timeout_seconds: float
+    ) -> LLMResult:
+        """Return the completion, or raise ProviderError (never anything else).
+
+        The same for every wire format: POST the payload, then let the format read its
+        answer; each provider module only says where, what, and how to read it.
+        """
+        started = time.perf_counter()
+        data = await self._post_json(
+            session,
+            self.completion_url(),
+            self.completion_payload(request),
+            self.headers(),
+            timeout_seconds,
+        )
+        answer = self.read_completion(data)
+        return LLMResult(
+            text=answer.text,
+            provider=self.name,
+            model=str(answer.model or self.model),
+            latency_ms=self._elapsed_ms(started),
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+        )
+
+    @abstractmethod
+    def completion_url(self) -> str:
+        """Where a (non-streaming) completion is requested."""
+
+    @abstractmethod
+    def completion_payload(self, request: LLMRequest) -> dict[str, Any]:
+        """The JSON body of a non-streaming completion request."""
+
+    @abstractmethod
+    def read_completion(self, data: dict[str, Any]) -> Completion:
+        """The answer in a completion response; ProviderError if it holds none."""
+
+    def stream(
+        self, session: aiohttp.ClientSession, request: LLMRequest, timeout_seconds: float
+    ) -> AsyncIterator[StreamItem]:
+        """Yield text deltas then a `StreamUsage`; raise ProviderError (never anything else).
+
+        `timeout_seconds` bounds connecting and every silence between chunks, not the whole
+        stream. The default serves formats without streaming: one delta with the whole text.
+        """
+        return self.stream_via_complete(session, request, timeout_seconds)
+
+    key_header: tuple[str, str] = ("Authorization", "Bearer {key}")
+    """Where this wire format carries the API key: header name and value template."""
+
+    def fixed_headers(self) -> dict[str, str]:
+        """Headers the wire format always needs (besides content type and key)."""
+        return {}
+
+    def headers(self) -> dict[str, str]:
+        """Request headers, including the key (headers are the only place a key may go)."""
+        headers = {
+            "Content-Type": "application/json",
+            **self.fixed_headers(),
+            **self.settings.extra_headers,
+        }
+        key = self.settings.resolve_api_key()
+        if key:
+            name, template = self.key_header
+            headers[name] = template.format(key=key)
+        return headers
+
+    @abstractmethod
+    def models_url(self) -> str:
+        """The cheap listing endpoint used to check that the provider is reachable."""
+
+    def model_listed(self, data: Any) -> bool | None:
+        """Whether the models listing names our model (None: the listing cannot tell).
+
+        This reads the `{"data": [{"id": ...}]}` listing OpenAI-compatible servers and
+        Anthropic share; formats with another listing override it.
+        """
+        models = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(models, list):
+            return None
+        return any(isinstance(m, dict) and m.get("id") == self.model for m in models)
+
+    # --- shared machinery ---------------------------------------------------------------
+
+    async def stream_via_complete(
+        self, session: aiohttp.ClientSession, request: LLMRequest, timeout_seconds: float
+    ) -> AsyncIterator[StreamItem]:
+        """The whole completion as one delta: for `stream: false` and non-streaming formats."""
+        result = await self.complete(session, request, timeout_seconds)
+        yield result.text
+        yield StreamUsage(result.prompt_tokens, result.completion_tokens, result.model)
+
+    async def check_availability(
+        self, session: aiohttp.ClientSession, timeout_seconds: float = 5.0
+    ) -> tuple[bool, str]:
+        """(reachable and authorised, detail) from the models endpoint; never raises."""
+        timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        try:
+            async with session.get(
+                self.models_url(), headers=self.headers(), timeout=timeout, allow_redirects=False
+            ) as resp:
+                target = redirect_target(resp)
+                if target is not None:
+                    return False, self._redirect_error(resp.status, target).detail
+                body = await read_bounded(resp)
+                if resp.status >= 400:
+                    return False, self.scrub(f"http_{resp.status}: {error_message(body)}")
+        except TimeoutError:
+            return False, f"timeout: no answer within {timeout_seconds:g}s"
+        except aiohttp.ClientConnectorError as exc:
+            return False, self.scrub(f"connect: {exc.os_error}")
+        except (aiohttp.ClientError, ValueError) as exc:
+            return False, f"network: {exc.__class__.__name__}"
+        try:
+            listed = self.model_listed(json.loads(body))
+        except ValueError:
+            return False, "bad_json: models listing is not JSON"
+        if listed is False:
+            return True, f"reachable, but model {self.model!r} is not in its models list"
+        return True, "reachable" + (f", model {self.model!r} listed" if listed else "")
+
+    def scrub(self, text: str) -> str:
+        """`text` with the API key (if any) replaced, for anything that may be logged."""
+        key = self.settings.resolve_api_key()
+        if key and len(key) >= 4:
+            text = text.replace(key, REDACTED_KEY)
+        return text
+
+    def _error(self, kind: str, detail: str, **kwargs: Any) -> ProviderError:
+        return ProviderError(self.name, kind, self.scrub(detail), **kwargs)
+
+    def _http_error(
+        self, status: int, reason: str | None, body: str, headers: Any
+    ) -> ProviderError:
+        return self._error(
+            f"http_{status}",
+            error_message(body) or reason or "",
+            status=status,
+            retryable=status in RETRYABLE_STATUSES or status >= 500,
+            retry_after_seconds=parse_retry_after(headers.get("Retry-After")),
+        )
+
+    def _redirect_error(self, status: int, target: str) -> ProviderError:
+        return self._error(
+            "redirect",
+            f"configuration error: the endpoint answered {status} redirecting to {target}; "
+            "provider requests never follow redirects (the API key would go with them), "
+            "so set base_url to the final address",
+            status=status,
+        )
+
+    def _refuse_redirect(self, resp: aiohttp.ClientResponse) -> None:
+        target = redirect_target(resp)
+        if target is not None:
+            raise self._redirect_error(resp.status, target)
+
+    def _embedded_error(self, err: object) -> ProviderError:
+        """An error object inside a 200 response or a stream (OpenRouter, Ollama, Anthropic)."""
+        message = err if isinstance(err, str) else ""
+        retryable = False
+        if isinstance(err, dict):
+            message = str(err.get("message") or err.get("type") or "error")
+            code = err.get("code")
+            retryable = (isinstance(code, int) and code in RETRYABLE_STATUSES) or (
+                isinstance(code, int) and code >= 500
+            )
+            retryable = retryable or err.get("type") in ("overloaded_error", "api_error")
+        return self._error("api_error", error_excerpt(message) or "error", retryable=retryable)
+
+    def _network_error(self, exc: BaseException, timeout_seconds: float) -> ProviderError:
+        if isinstance(exc, TimeoutError):
+            return self._error("timeout", f"no answer within {timeout_seconds:g}s", retryable=True)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return self._error("connect", str(exc.os_error), retryable=True)
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return self._error("stream_cut", "response ended mid-way", retryable=True)
+        if isinstance(exc, ValueError):
+            # aiohttp raises ValueError for an unsendable header; the message may hold the key.
+            return self._error("bad_request", "request could not be built (check headers/key)")
+        return self._error("network", exc.__class__.__name__, retryable=True)
+
+    def _elapsed_ms(self, started: float) -> float:
+        return (time.perf_counter() - started) * 1000.0
+
+    async def _post_json(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        payload: dict[str, Any],
+        headers: dict[str, str],
+        timeout_seconds: float,
+    ) -> dict[str, Any]:
+        """POST JSON and return the decoded object, mapping every failure to ProviderError."""
+        timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        try:
+            async with session.post(
+                url, json=payload, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
+                self._refuse_redirect(resp)
+                try:
+                    body = await read_bounded(resp)
+                except ValueError as exc:
+                    raise self._error("bad_json", str(exc)) from None
+                if resp.status >= 400:
+                    raise self._http_error(resp.status, resp.reason, body, resp.headers)
+        except ProviderError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise self._network_error(exc, timeout_seconds) from None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise self._error(
+                "bad_json", f"response is not JSON: {error_excerpt(body, 80)!r}"
+            ) from None
+        if not isinstance(data, dict):
+            raise self._error("bad_json", "response is not a JSON object")
+        return data
+
+    @asynccontextmanager
+    async def _stream_response(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        payload: dict[str, Any],
+        headers: dict[str, str],
+        timeout_seconds: float,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST and hand over a successful response for incremental reading.
+
+        Only connecting and each read are bounded (`timeout_seconds`), not the whole body:
+        a healthy stream may take longer than any single silence is allowed to.
+        """
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeout_seconds, sock_read=timeout_seconds
+        )
+        try:
+            resp = await session.post(
+                url, json=payload, headers=headers, timeout=timeout, allow_redirects=False
+            )
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise self._network_error(exc, timeout_seconds) from None
+        try:
+            self._refuse_redirect(resp)
+            if resp.status >= 400:
+                try:
+                    body = await read_bounded(resp, 65536)
+                except (TimeoutError, aiohttp.ClientError, ValueError):
+                    body = ""
+                raise self._http_error(resp.status, resp.reason, body, resp.headers)
+            yield resp
+        finally:
+            resp.close()
+
+    async def _lines(
+        self, resp: aiohttp.ClientResponse, timeout_seconds: float
+    ) -> AsyncIterator[bytes]:
+        """The body line by line, with read failures mapped to ProviderError."""
+        try:
+            async for line in resp.content:
+                yield line
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._network_error(exc, timeout_seconds) from None
+        except ValueError:  # aiohttp: "Line is too long"
+            raise self._error("bad_json", "stream line too long") from None
+
+    async def _sse(
+        self, resp: aiohttp.ClientResponse, timeout_seconds: float
+    ) -> AsyncIterator[SSEEvent]:
+        """The body as server-sent events (a plain JSON body here is an error or garbage)."""
+        if resp.content_type == "application/json":
+            raise await self._json_instead_of_stream(resp)
+        try:
+            async for event in sse_events(self._lines(resp, timeout_seconds)):
+                yield event
+        except ValueError:
+            raise self._error("bad_json", "server-sent event too large") from None
+
+    async def _json_instead_of_stream(self, resp: aiohttp.ClientResponse) -> ProviderError:
+        """Why a stream request got one JSON document: an embedded error, or garbage."""
+        try:
+            body = await read_bounded(resp, 65536)
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            body = ""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return self._error("bad_json", f"stream is not JSON: {error_excerpt(body, 80)!r}")
+        if isinstance(data, dict) and "error" in data:
+            return self._embedded_error(data["error"])
+        return self._error(
+            "bad_json",
+            "expected an event stream, got a JSON document (set `stream: false` for it)",
+        )
+
+    async def _ndjson(
+        self, resp: aiohttp.ClientResponse, timeout_seconds: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The body as newline-delimited JSON objects."""
+        async for line in ndjson_lines(self._lines(resp, timeout_seconds)):
+            yield self._json_object(line, "stream line")
+
+    def _json_object(self, text: str, what: str) -> dict[str, Any]:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise self._error(
+                "bad_json", f"{what} is not JSON: {error_excerpt(text, 80)!r}"
+            ) from None
+        if not isinstance(data, dict):
+            raise self._error("bad_json", f"{what} is not a JSON object")
+        return data

@@ -1,0 +1,315 @@
+"""Prometheus metrics and the HTTP endpoint that serves them with a JSON `/health`.
+
+The pipeline calls small methods on `Metrics` (`message_seen()`, `triggered(kind)`, ...);
+gauges (queue depth, breaker states, NATS link, saturation, health) are read from the
+`StatusSource` at scrape time, so nothing has to push them. Each `Metrics` has its own
+`CollectorRegistry`, never the global one, so several services can live in one process (tests).
+
+No label ever carries a user name or chat text. Label values come from code and config (trigger
+kinds, hold-back reasons, provider names, outcomes), and each label is still capped at
+`LABEL_VALUES_MAX` distinct values (extra ones become `other`) so a bug cannot grow the series
+count without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from kryten_llm.ops.health import OVERALL_CODE, HealthMonitor, StatusSource
+from kryten_llm.types import Attempt
+
+log = logging.getLogger(__name__)
+
+PREFIX = "kryten_llm"
+LABEL_VALUES_MAX = 64
+LABEL_VALUE_CHARS_MAX = 64
+OTHER_LABEL = "other"
+SKIPPED_OUTCOMES = frozenset({"breaker_open"})
+"""Attempt outcomes that never reached the provider: counted, but no latency observed."""
+BREAKER_CODE = {"closed": 0, "half_open": 1, "open": 2}
+LLM_LATENCY_BUCKETS_SECONDS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0)
+OVERHEAD_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _LabelGuard:
+    """Caps one label's distinct values; the first `LABEL_VALUES_MAX` seen are kept."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._seen: set[str] = set()
+        self._warned = False
+
+    def __call__(self, value: object) -> str:
+        text = str(value)[:LABEL_VALUE_CHARS_MAX] or "unknown"
+        if text in self._seen:
+            return text
+        if len(self._seen) < LABEL_VALUES_MAX:
+            self._seen.add(text)
+            return text
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "metrics: label %s has %d values; further values are counted as %r",
+                self._name,
+                LABEL_VALUES_MAX,
+                OTHER_LABEL,
+            )
+        return OTHER_LABEL
+
+
+def _amount(value: float | int | None) -> float | None:
+    """A usable non-negative amount, or None (counters cannot go down; NaN poisons sums)."""
+    if value is None or isinstance(value, bool):
+        return None
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        log.debug("metrics: ignoring amount %r", value)
+        return None
+    return number
+
+
+class Metrics:
+    """Every counter and histogram, plus scrape-time gauges from an attached status source."""
+
+    def __init__(self, status: StatusSource | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self._status = status
+        self._monitor: HealthMonitor | None = None
+        self._kinds = _LabelGuard("kind")
+        self._reasons = _LabelGuard("reason")
+        self._providers = _LabelGuard("provider")
+        self._outcomes = _LabelGuard("outcome")
+        self._define()
+        self.registry.register(_StatusCollector(self))
+
+    def _define(self) -> None:
+        r = self.registry
+        self._seen = Counter(f"{PREFIX}_messages_seen", "Chat messages received.", registry=r)
+        self._triggered = Counter(
+            f"{PREFIX}_triggered", "Messages the bot decided to answer.", ["kind"], registry=r
+        )
+        self._held = Counter(
+            f"{PREFIX}_held_back", "Replies held back, by reason.", ["reason"], registry=r
+        )
+        self._replies = Counter(f"{PREFIX}_replies_sent", "Replies published.", registry=r)
+        self._parts = Counter(
+            f"{PREFIX}_reply_parts_sent", "Chat lines published (a reply may be split).", registry=r
+        )
+        self._calls = Counter(
+            f"{PREFIX}_llm_calls",
+            "LLM attempts by provider and outcome (ok, timeout, http_500, breaker_open, ...).",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self._tokens = Counter(
+            f"{PREFIX}_llm_tokens",
+            "Tokens used, by provider and type.",
+            ["provider", "type"],
+            registry=r,
+        )
+        self._cost = Counter(f"{PREFIX}_llm_cost_usd", "Estimated LLM spend in USD.", registry=r)
+        self._latency = Histogram(
+            f"{PREFIX}_llm_latency_seconds",
+            "Duration of each LLM attempt, by provider.",
+            ["provider"],
+            buckets=LLM_LATENCY_BUCKETS_SECONDS,
+            registry=r,
+        )
+        self._overhead = Histogram(
+            f"{PREFIX}_pipeline_overhead_seconds",
+            "Message received to reply published, minus the time spent waiting for the LLM.",
+            buckets=OVERHEAD_BUCKETS_SECONDS,
+            registry=r,
+        )
+
+    def attach(self, status: StatusSource, monitor: HealthMonitor | None = None) -> None:
+        """Where the scrape-time gauges come from (the service, once it exists)."""
+        self._status = status
+        self._monitor = monitor
+
+    # --- what the pipeline calls ---
+
+    def message_seen(self) -> None:
+        self._seen.inc()
+
+    def triggered(self, kind: str) -> None:
+        self._triggered.labels(kind=self._kinds(kind)).inc()
+
+    def held_back(self, reason: str) -> None:
+        self._held.labels(reason=self._reasons(reason)).inc()
+
+    def sent(self, parts: int) -> None:
+        """One reply published as `parts` chat lines (0 parts means nothing was sent)."""
+        count = _amount(parts)
+        if not count:
+            return
+        self._replies.inc()
+        self._parts.inc(count)
+
+    def llm_call(self, provider: str, outcome: str, latency_s: float | None) -> None:
+        labels = {"provider": self._providers(provider), "outcome": self._outcomes(outcome)}
+        self._calls.labels(**labels).inc()
+        latency = _amount(latency_s)
+        if latency is not None and outcome not in SKIPPED_OUTCOMES:
+            self._latency.labels(provider=labels["provider"]).observe(latency)
+
+    def llm_attempts(self, attempts: Iterable[Attempt]) -> None:
+        """Record every attempt of one reply (`LLMResult.attempts` / `LLMUnavailable.attempts`)."""
+        for attempt in attempts:
+            self.llm_call(attempt.provider, attempt.outcome, attempt.latency_ms / 1000.0)
+
+    def tokens(self, provider: str, prompt: int | None, completion: int | None) -> None:
+        name = self._providers(provider)
+        for kind, value in (("prompt", prompt), ("completion", completion)):
+            amount = _amount(value)
+            if amount:
+                self._tokens.labels(provider=name, type=kind).inc(amount)
+
+    def cost(self, usd: float | None) -> None:
+        amount = _amount(usd)
+        if amount:
+            self._cost.inc(amount)
+
+    def overhead(self, seconds: float) -> None:
+        amount = _amount(seconds)
+        if amount is not None:
+            self._overhead.observe(amount)
+
+    # --- exposition ---
+
+    def render(self) -> bytes:
+        """The Prometheus text format for this registry."""
+        return generate_latest(self.registry)
+
+    def _gauges(self) -> Iterator[Metric]:
+        status = self._status
+        if status is None:
+            return
+        yield _gauge("queue_depth", "Events and reply jobs waiting.", status.queue_depth())
+        yield _gauge("queue_capacity", "Bound of those queues.", status.queue_capacity())
+        yield _gauge("nats_connected", "1 while the NATS link is up.", status.nats_connected())
+        yield _gauge(
+            "rate_limit_saturation",
+            "Highest reply-budget use across channels (1 = spent).",
+            status.limiter_saturation(),
+        )
+        yield _gauge(
+            "paused_channels", "Channels paused by an operator.", len(status.paused_channels())
+        )
+        breakers = GaugeMetricFamily(
+            f"{PREFIX}_breaker_state",
+            "Circuit breaker per provider: 0 closed, 1 half-open, 2 open.",
+            labels=["provider"],
+        )
+        for name, state in status.provider_states().items():
+            code = BREAKER_CODE.get(str(state.get("state")), 2)
+            breakers.add_metric([self._providers(name)], code)
+        yield breakers
+        if self._monitor is not None:
+            overall = self._monitor.check().status
+            yield _gauge(
+                "health_status", "0 healthy, 1 degraded, 2 failing.", OVERALL_CODE[overall]
+            )
+
+
+def _gauge(name: str, doc: str, value: float | bool) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=float(value))
+
+
+class _StatusCollector(Collector):
+    """Pulls the gauges at scrape time; a failing getter costs the gauges, not the scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            return list(self._metrics._gauges())
+        except Exception as exc:
+            log.error("metrics: reading status for gauges failed (%s)", exc.__class__.__name__)
+            return []
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # no fixed description: keeps registration from calling collect()
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+
+class MetricsServer:
+    """`GET /metrics` (Prometheus text) and `GET /health` (JSON; 503 when failing)."""
+
+    def __init__(self, metrics: Metrics, monitor: HealthMonitor, host: str, port: int) -> None:
+        self._metrics = metrics
+        self._monitor = monitor
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        """The bound port once started (differs from the configured one when that is 0)."""
+
+    async def start(self) -> bool:
+        """Listen; a port that cannot be bound is logged and skipped, not fatal to the bot."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle_metrics)
+        app.router.add_get("/health", self._handle_health)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error(
+                "metrics: cannot listen on %s:%d (%s); /metrics and /health are off",
+                self._host,
+                self._port,
+                exc.strerror or exc.__class__.__name__,
+            )
+            await runner.cleanup()
+            return False
+        self._runner = runner
+        self.port = _bound_port(runner, self._port)
+        log.info("metrics: serving /metrics and /health on http://%s:%d", self._host, self.port)
+        return True
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle_metrics(self, request: web.Request) -> web.Response:
+        body = self._metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _handle_health(self, request: web.Request) -> web.Response:
+        report = self._monitor.check()
+        return web.json_response(
+            report.to_dict(), status=503 if report.status == "failing" else 200
+        )
+
+
+def _bound_port(runner: web.AppRunner, configured: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return configured
+
+
+def metrics_summary(metrics: Metrics) -> dict[str, Any]:
+    """A few headline counters for the `status` control endpoint (no label breakdown)."""
+    totals: dict[str, Any] = {}
+    for family in metrics.registry.collect():
+        if family.type != "counter":
+            continue
+        total = sum((s.value for s in family.samples if s.name.endswith("_total")), 0.0)
+        totals[family.name.removeprefix(f"{PREFIX}_")] = total
+    return totals

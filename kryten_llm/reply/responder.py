@@ -1,0 +1,241 @@
+"""Turn an LLM answer, streamed or not, into validated, guarded chat lines as it arrives.
+
+Complete sentences go to chat as soon as they fill a line (or have waited a moment for a slow
+model), so the room sees a long answer start long before the model finishes, while a short
+answer still arrives as one line.
+Every chunk passes the formatter, the validator and the output guard before it is sent. A
+refused first chunk gets the configured refusal action (regenerate once, fallback, silent);
+a refused later chunk ends the reply there. A stream that breaks mid-way ends with what was
+already sent, and the reason is reported for the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from kryten_llm.llm.manager import LLMManager, LLMUnavailable
+from kryten_llm.reply.formatter import ResponseFormatter, iter_sentences
+from kryten_llm.reply.guard import OutputGuard
+from kryten_llm.reply.validator import ReplyValidator
+from kryten_llm.types import Attempt, LLMRequest, LLMResult
+
+log = logging.getLogger(__name__)
+
+FLUSH_AFTER_SECONDS = 1.5
+"""A complete sentence waits at most this long (while the model writes) for company."""
+
+Send = Callable[[list[str]], Awaitable[list[str]]]
+
+
+class SentenceChunker:
+    """Cuts a growing text into chat-line-sized chunks of complete sentences (pure; no I/O).
+
+    Complete sentences are held until the line is full (the next text would not fit), until
+    one has waited `FLUSH_AFTER_SECONDS` for a slow model, or until the stream ends: so a
+    short answer is one line, and a long one starts reaching chat after its first line.
+    """
+
+    def __init__(self, line_limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit = line_limit
+        self._clock = clock
+        self._buffer = ""
+        self._pending: list[str] = []
+        self._pending_since = 0.0
+
+    def feed(self, delta: str) -> list[str]:
+        """Add text; return the chunks that are ready to send now."""
+        self._buffer += delta
+        sentences = list(iter_sentences(self._buffer))
+        complete: list[str] = []
+        # The last sentence may still be growing (or be "Dr." before its name arrives).
+        if self._buffer.endswith("\n") and sentences:
+            complete, self._buffer = sentences, ""
+        elif len(sentences) > 1:
+            complete = sentences[:-1]
+            tail = " " if self._buffer[-1:].isspace() else ""
+            self._buffer = sentences[-1] + tail
+        if complete and not self._pending:
+            self._pending_since = self._clock()
+        self._pending += complete
+        return self._flush() if self._ready() else []
+
+    def finish(self) -> list[str]:
+        """The stream ended: everything left is a chunk."""
+        self._pending += list(iter_sentences(self._buffer))
+        self._buffer = ""
+        return self._flush()
+
+    def _ready(self) -> bool:
+        if not self._pending:
+            return False
+        line = sum(len(s) + 1 for s in self._pending) + len(self._buffer.strip())
+        waited = self._clock() - self._pending_since
+        return line > self._limit or waited >= FLUSH_AFTER_SECONDS
+
+    def _flush(self) -> list[str]:
+        if not self._pending:
+            return []
+        text = " ".join(self._pending)
+        self._pending = []
+        return [text]
+
+
+@dataclass
+class ReplyOutcome:
+    """What became of one reply, for the log and the caller's bookkeeping."""
+
+    sent: list[str] = field(default_factory=list)
+    outcome: str = "sent"
+    reason: str = ""
+    result: LLMResult | None = None
+    attempts: tuple[Attempt, ...] = ()
+    regenerated: bool = False
+
+
+class _Refused(Exception):
+    """A chunk the validator or guard would not let through."""
+
+    def __init__(self, outcome: str, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+@dataclass
+class ReplyContext:
+    """One reply in progress: what was asked, where it goes, and what became of it."""
+
+    request: LLMRequest
+    provider: str | None
+    channel: str
+    user_message: str
+    send: Send
+    outcome: ReplyOutcome = field(default_factory=ReplyOutcome)
+
+
+class Responder:
+    """Writes one reply into chat from an LLM stream, chunk by chunk."""
+
+    def __init__(
+        self,
+        llm: LLMManager,
+        formatter: ResponseFormatter,
+        guard: OutputGuard,
+        validator: ReplyValidator,
+        line_limit: int,
+        max_parts: int,
+    ) -> None:
+        self.llm = llm
+        self.formatter = formatter
+        self.guard = guard
+        self.validator = validator
+        self.line_limit = line_limit
+        self.max_parts = max_parts
+
+    async def respond(
+        self,
+        request: LLMRequest,
+        provider: str | None,
+        channel: str,
+        user_message: str,
+        send: Send,
+    ) -> ReplyOutcome:
+        """Stream the answer into chat; on a refused opening, apply the refusal action."""
+        reply = ReplyContext(request, provider, channel, user_message, send)
+        outcome = reply.outcome
+        try:
+            await self._stream(reply)
+            if not outcome.sent:  # the model spoke, but nothing survived formatting
+                raise _Refused("invalid", "empty after formatting")
+        except LLMUnavailable as exc:
+            outcome.outcome, outcome.reason = "llm_failed", exc.reason
+            outcome.attempts = exc.attempts
+        except _Refused as refusal:
+            if outcome.sent:  # a later chunk: keep what was said, end the reply here
+                outcome.reason = f"ended early: {refusal.reason}"
+            else:
+                await self._on_refused_opening(reply, refusal)
+        return outcome
+
+    async def _stream(self, reply: ReplyContext) -> None:
+        outcome = reply.outcome
+        handle = self.llm.stream(reply.request, preferred=reply.provider)
+        chunker = SentenceChunker(self.line_limit)
+        try:
+            async for delta in handle:
+                for chunk in chunker.feed(delta):
+                    await self._emit(chunk, reply)
+                if len(outcome.sent) >= self.max_parts:
+                    outcome.reason = f"stopped at max_parts ({self.max_parts})"
+                    return
+            for chunk in chunker.finish():
+                await self._emit(chunk, reply)
+        finally:
+            await handle.aclose()
+            if handle.done:
+                outcome.result = handle.result
+                outcome.attempts = handle.result.attempts
+                if handle.interrupted:
+                    outcome.reason = f"stream interrupted ({handle.interrupted})"
+
+    async def _emit(self, chunk: str, reply: ReplyContext) -> None:
+        """Format, validate and guard one chunk, then send it; raise _Refused if refused."""
+        room = self.max_parts - len(reply.outcome.sent)
+        if room <= 0:
+            return
+        parts = self.formatter.format(chunk)
+        if not parts:
+            return
+        verdict = self.validator.validate(reply.channel, " ".join(parts), reply.user_message)
+        if not verdict.ok:
+            raise _Refused("invalid", verdict.reason)
+        guarded = self.guard.check(parts[:room])
+        for decision in guarded.decisions:
+            log.info("guard %s: %s", decision.action, decision.reason)
+        if guarded.blocked or not guarded.parts:
+            reasons = "; ".join(d.reason for d in guarded.decisions) or "nothing left"
+            raise _Refused("guard_blocked", reasons)
+        reply.outcome.sent += await reply.send(guarded.parts[:room])
+
+    async def _on_refused_opening(self, reply: ReplyContext, refusal: _Refused) -> None:
+        outcome = reply.outcome
+        action = self.validator.refusal_action(regenerated=False)
+        if refusal.outcome == "guard_blocked" and action == "regenerate":
+            action = "silent"  # the guard's verdict is final; a retry may say the same
+        log.info("reply refused (%s: %s), action %s", refusal.outcome, refusal.reason, action)
+        outcome.outcome, outcome.reason = refusal.outcome, refusal.reason
+        if action == "regenerate":
+            outcome.regenerated = True
+            try:
+                await self._complete_once(reply)
+                return
+            except LLMUnavailable as exc:
+                outcome.outcome, outcome.reason = "llm_failed", f"regenerate: {exc.reason}"
+                return
+            except _Refused as again:
+                outcome.outcome, outcome.reason = again.outcome, f"regenerated: {again.reason}"
+                action = self.validator.refusal_action(regenerated=True)
+        if action == "fallback":
+            await self._send_fallback(reply)
+
+    async def _complete_once(self, reply: ReplyContext) -> None:
+        result = await self.llm.complete(reply.request, preferred=reply.provider)
+        reply.outcome.result, reply.outcome.attempts = result, result.attempts
+        await self._emit(result.text, reply)
+        if not reply.outcome.sent:
+            raise _Refused("invalid", "empty after formatting")
+        reply.outcome.outcome = "sent"
+        reply.outcome.reason = "regenerated after refusal"
+
+    async def _send_fallback(self, reply: ReplyContext) -> None:
+        parts = self.formatter.format(self.validator.fallback_response)
+        guarded = self.guard.check(parts[: self.max_parts])
+        if guarded.blocked or not guarded.parts:
+            return
+        outcome = reply.outcome
+        outcome.sent += await reply.send(guarded.parts)
+        outcome.outcome = "sent"
+        outcome.reason = f"fallback after refusal: {outcome.reason}"
