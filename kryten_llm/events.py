@@ -27,7 +27,7 @@ class MalformedEvent(ValueError):
 
 
 def subject_token(name: str) -> str:
-    """A channel or event name as the bridge writes it into a subject (see the protocol, §1)."""
+    """A channel or event name as the bridge writes it into a subject (docs/PROTOCOL.md §1)."""
     token = name.lower().replace(".", "").replace(" ", "-")
     return _SUBJECT_STRIP.sub("", token)[:100]
 

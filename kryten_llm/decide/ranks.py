@@ -2,7 +2,7 @@
 
 CyTube's chatMsg carries no rank, but the rate limiter and spam guard need one (moderators get
 shorter cooldowns and are never treated as spammers). Ranks arrive as user-list events (see
-`/work/shared/kryten-protocol.md` §1) and live in the bridge's KV bucket (§4):
+docs/PROTOCOL.md §1) and live in the bridge's KV bucket (§4):
 
 - `addUser` `{"name", "rank", ...}`: a user joined (or re-sent);
 - `userlist` `[{"name", "rank", ...}, ...]`: the whole list, sent on join: replaces the channel;

@@ -21,7 +21,7 @@ from typing import Any
 
 
 def cytube_escape(text: str) -> str:
-    """What CyTube does to chat text before broadcasting it (see the protocol, chatMsg)."""
+    """What CyTube does to chat text before broadcasting it (docs/PROTOCOL.md §1, chatMsg)."""
     escaped = html.escape(text, quote=True).replace("&#x27;", "&#39;")
     return escaped.replace("(", "&#40;").replace(")", "&#41;")
 
