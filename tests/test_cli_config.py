@@ -150,9 +150,21 @@ def test_single_channel_or_list() -> None:
         )
 
 
-def test_comments_are_allowed() -> None:
-    settings = build_settings({"_comment": "hi", "nats": {"_comment": "x"}}, "t")
-    assert settings.nats.url
+def test_comments_are_allowed_at_any_depth_and_ignored() -> None:
+    settings = build_settings(
+        {
+            "_comment": "hi",
+            "nats": {"_comment": "x", "url": "nats://bus.example:4222"},
+            "triggers": [{"_why": "greetings", "name": "hello", "patterns": ["hello"]}],
+        },
+        "t",
+    )
+    assert settings.nats.url == "nats://bus.example:4222"
+    assert [t.name for t in settings.triggers] == ["hello"]
+    assert settings.triggers[0].patterns == ["hello"]
+    # Only a leading underscore makes a comment: any other unknown key is still an error.
+    with pytest.raises(ConfigError, match="comment"):
+        build_settings({"nats": {"comment": "x"}}, "t")
 
 
 def test_redact_hides_secret_looking_keys_at_any_depth() -> None:
