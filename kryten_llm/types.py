@@ -62,6 +62,7 @@ def channels_named(name: str, keys: Iterable[ChannelKey]) -> list[ChannelKey]:
     domain, slash, channel = name.strip().rpartition("/")
     if slash:
         return [key for key in keys if key == ChannelKey(domain, channel)]
+    # The key this name would have on each configured domain, so it is normalised as keys are.
     return [key for key in keys if key == ChannelKey(key.domain, channel)]
 
 
