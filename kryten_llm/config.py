@@ -29,6 +29,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from kryten_llm.types import ChannelKey
+
 ENV_PREFIX = "KRYTEN_LLM_"
 
 
@@ -75,6 +77,11 @@ class ChannelSettings(Section):
         if not value.strip():
             raise ValueError("must not be blank")
         return value.strip()
+
+    @property
+    def key(self) -> ChannelKey:
+        """The room this entry configures, as per-channel state is keyed."""
+        return ChannelKey(self.domain, self.channel)
 
 
 class PersonalitySettings(Section):
@@ -734,7 +741,7 @@ class Settings(BaseSettings):
                     f"triggers: trigger {trigger.name!r} names unknown provider "
                     f"{trigger.provider!r}"
                 )
-        keys = [(c.domain, c.channel.lower()) for c in self.channels]
+        keys = [c.key for c in self.channels]
         if len(keys) != len(set(keys)):
             raise ValueError("cytube: the same channel is listed twice")
         return self

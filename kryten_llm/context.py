@@ -1,6 +1,7 @@
 """What the bot remembers of each room: the video playing, recent chat, its talks with users.
 
-Everything is keyed by channel so two channels never mix, and every collection is bounded:
+Everything is keyed by room (`ChannelKey`: domain and channel) so two channels never mix, not
+even two of the same name on different servers, and every collection is bounded:
 chat history is a fixed-size deque, and per-user conversations are capped in count (LRU) and
 in length, so memory does not grow with the number of users ever seen.
 """
@@ -18,7 +19,7 @@ from nats.aio.client import Client as NatsClient
 
 from kryten_llm.config import ChannelSettings, ContextSettings
 from kryten_llm.events import MalformedEvent, parse_media
-from kryten_llm.types import ChatLine, MediaChange
+from kryten_llm.types import ChannelKey, ChatLine, MediaChange
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class ContextManager:
 
     def __init__(self, settings: ContextSettings) -> None:
         self.settings = settings
-        self._channels: dict[str, ChannelContext] = {}
+        self._channels: dict[ChannelKey, ChannelContext] = {}
 
     def reconfigure(self, settings: ContextSettings) -> None:
         """Apply new sizes while keeping what is remembered (trimmed if the new size is less)."""
@@ -65,27 +66,28 @@ class ContextManager:
         for ctx in self._channels.values():
             ctx.chat = deque(ctx.chat, maxlen=settings.chat_history_size)
 
-    def _channel(self, channel: str) -> ChannelContext:
-        key = channel.lower()
-        ctx = self._channels.get(key)
+    def _channel(self, channel: ChannelKey) -> ChannelContext:
+        ctx = self._channels.get(channel)
         if ctx is None:
             ctx = ChannelContext(chat=deque(maxlen=self.settings.chat_history_size))
-            self._channels[key] = ctx
+            self._channels[channel] = ctx
         return ctx
 
     def add_chat(self, line: ChatLine) -> None:
-        self._channel(line.channel).chat.append((line.username, line.text))
+        self._channel(line.key).chat.append((line.username, line.text))
 
-    def add_bot_line(self, channel: str, bot_name: str, text: str) -> None:
+    def add_bot_line(self, channel: ChannelKey, bot_name: str, text: str) -> None:
         self._channel(channel).chat.append((bot_name, text))
 
     def set_video(self, media: MediaChange) -> None:
-        self._channel(media.channel).video = media
+        self._channel(media.key).video = media
 
-    def video(self, channel: str) -> MediaChange | None:
+    def video(self, channel: ChannelKey) -> MediaChange | None:
         return self._channel(channel).video
 
-    def add_exchange(self, channel: str, username: str, user_message: str, reply: str) -> None:
+    def add_exchange(
+        self, channel: ChannelKey, username: str, user_message: str, reply: str
+    ) -> None:
         conversations = self._channel(channel).conversations
         key = username.lower()
         history = conversations.pop(key, None) or deque(maxlen=CONVERSATION_EXCHANGES_MAX)
@@ -94,7 +96,7 @@ class ContextManager:
         while len(conversations) > CONVERSATIONS_PER_CHANNEL_MAX:
             conversations.popitem(last=False)
 
-    def snapshot(self, channel: str, username: str) -> ContextSnapshot:
+    def snapshot(self, channel: ChannelKey, username: str) -> ContextSnapshot:
         """The context for a reply to `username`, taken before its message joins the history.
 
         Taken at decision time so a slow reply is not written against chat that came later,

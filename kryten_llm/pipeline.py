@@ -6,6 +6,22 @@ allowed to speak, its limits are spent right there (not after the LLM answers), 
 mentions cannot all slip past a limit while their replies are still being written; and dry
 run spends them exactly as a live run does, so a dry run predicts a live run.
 
+All per-channel state is keyed by `ChannelKey` (domain and channel): an event names its room
+by its envelope's `domain` and `channel`, and only configured rooms are heard at all.
+
+A triggered line becomes a `Turn` and passes the gates (`decide/gates.py`), in this order;
+the first that holds gives the record its outcome:
+
+1. spam (`spam`): the sender is flooding, repeating or penalised (judged as the line was heard);
+2. paused (`paused`): the operator paused the room;
+3. rate limits (`rate_limited`): global, per-user and per-trigger cooldowns and caps;
+4. reply loop (`loop_protection`): the bot's reply window, replies in a row, chat share;
+5. budget (`budget`): a daily budget is spent. With a cheaper provider configured it does not
+   hold but reroutes the reply to that provider.
+
+When none holds, each gate spends the turn in the same order (the limits, then the reply caps)
+and the line gets a `ReplyJob`.
+
 `reply()` is the slow part (the LLM) and runs in a worker, many at once; `responder.py`
 streams the answer into chat. Every triggered message ends in exactly one JSONL record,
 whatever became of it.
@@ -26,6 +42,18 @@ from kryten_llm.config import ChannelSettings, Settings
 from kryten_llm.context import ContextManager, ContextSnapshot
 from kryten_llm.decide.budget import UsageTracker
 from kryten_llm.decide.filters import MessageFilter
+from kryten_llm.decide.gates import (
+    BudgetGate,
+    Gate,
+    Hold,
+    PausedGate,
+    RateLimitGate,
+    ReplyLoopGate,
+    Reroute,
+    SpamGate,
+    consult,
+    spend,
+)
 from kryten_llm.decide.limits import RateLimiter
 from kryten_llm.decide.ranks import RankRegistry
 from kryten_llm.decide.spam import SpamGuard
@@ -41,7 +69,16 @@ from kryten_llm.reply.responder import Responder
 from kryten_llm.reply.sender import Sender
 from kryten_llm.reply.validator import ReplyValidator
 from kryten_llm.response_log import ResponseLog, ResponseRecord
-from kryten_llm.types import Attempt, ChatLine, LLMRequest, LLMResult, Trigger
+from kryten_llm.types import (
+    Attempt,
+    ChannelKey,
+    ChatLine,
+    LLMRequest,
+    LLMResult,
+    Outcome,
+    Trigger,
+    Turn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +150,21 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.rng = rng or random.Random()
-        self.paused: set[str] = set()
-        """Lowercased channel names the operator paused: heard and remembered, not answered."""
+        self.paused: set[ChannelKey] = set()
+        """Rooms the operator paused: heard and remembered, not answered."""
         self.ranks = RankRegistry()
         self.filter = MessageFilter(settings.bot_names(), settings.listener.ignored_users, start_ms)
         self.context = ContextManager(settings.context)
         self.limiter = RateLimiter(settings.rate_limits, clock=clock)
         self.spam = SpamGuard(settings.spam, settings.rate_limits.admin_min_rank, clock=clock)
+        self.gates: tuple[Gate, ...] = (
+            SpamGate(),
+            PausedGate(self.paused),
+            RateLimitGate(self.limiter),
+            ReplyLoopGate(self.spam),
+            BudgetGate(self.usage),
+        )
+        """In the order the module docstring gives; they live as long as the pipeline."""
         self.apply(settings)
 
     def apply(self, settings: Settings) -> None:
@@ -152,7 +197,7 @@ class Pipeline:
         self.limiter.reconfigure(settings.rate_limits)
         self.spam.reconfigure(settings.spam, settings.rate_limits.admin_min_rank)
         self.usage.reconfigure(settings.usage, settings.llm_providers)
-        self._channels = {(c.domain, c.channel.lower()): c for c in settings.channels}
+        self._channels = {c.key: c for c in settings.channels}
 
     @staticmethod
     def _bot_names(settings: Settings) -> list[str]:
@@ -167,7 +212,8 @@ class Pipeline:
 
     def decide(self, event_name: str, envelope: dict[str, Any]) -> ReplyJob | None:
         """Update memory from one event and return a job if the bot should answer it."""
-        channel = self._channels.get((envelope["domain"], envelope["channel"].lower()))
+        key = ChannelKey(envelope["domain"], envelope["channel"])
+        channel = self._channels.get(key)
         if channel is None:
             log.debug(
                 "event for unconfigured channel %s/%s ignored",
@@ -181,7 +227,7 @@ class Pipeline:
             if event_name == "changemedia":
                 self.context.set_video(parse_media(envelope))
             elif event_name in RANK_EVENTS:
-                self.ranks.apply_event(channel.channel, event_name, envelope.get("payload"))
+                self.ranks.apply_event(key, event_name, envelope.get("payload"))
         except MalformedEvent as exc:
             log.warning(
                 "malformed %s event on %s ignored: %s", event_name, envelope["channel"], exc
@@ -199,15 +245,15 @@ class Pipeline:
             reason = "another bot"
         trigger = self.triggers.evaluate(line.text) if reason is None else None
         # The room as it was before this line, copied only for the lines that may be answered.
-        snapshot = self.context.snapshot(line.channel, line.username) if trigger else None
+        snapshot = self.context.snapshot(line.key, line.username) if trigger else None
         self.context.add_chat(line)
-        self.spam.note_chat_line(line.channel, line.username, is_bot=self.filter.is_own(line))
+        self.spam.note_chat_line(line.key, line.username, is_bot=self.filter.is_own(line))
         if reason is not None:
             log.debug("not answering %s in %s: %s", line.username, line.channel, reason)
             return None
-        rank = self.ranks.rank_of(line.channel, line.username)
+        rank = self.ranks.rank_of(line.key, line.username)
         is_mention = trigger is not None and trigger.kind == "mention"
-        verdict = self.spam.observe(line.channel, line.username, rank, line.text, is_mention)
+        verdict = self.spam.observe(line.key, line.username, rank, line.text, is_mention)
         if trigger is None or snapshot is None:
             log.debug("no trigger in the line from %s in %s", line.username, line.channel)
             return None
@@ -223,25 +269,28 @@ class Pipeline:
             rank,
             trigger.provider,
         )
-        held = ("spam", verdict.reason) if verdict.is_spam else self._held_back(job)
-        if held is None:
-            budget = self.usage.allow(line.channel, line.username)
-            if not budget.allowed:
-                held = ("budget", budget.reason)
-            elif budget.provider:
-                job = dataclasses.replace(job, provider=budget.provider)
-        if held is not None:
+        turn = self._turn(line, trigger, rank, verdict.reason if verdict.is_spam else "")
+        return self._through_gates(turn, job)
+
+    def _through_gates(self, turn: Turn, job: ReplyJob) -> ReplyJob | None:
+        """Consult the gates in order; record a hold, or spend the turn and answer."""
+        line, trigger = turn.line, turn.trigger
+        said = consult(self.gates, turn)
+        if isinstance(said, Hold):
             log.info(
                 "holding back %s from %s in %s: %s (%s)",
                 trigger.kind,
                 line.username,
                 line.channel,
-                held[0],
-                held[1],
+                said.outcome,
+                said.reason,
             )
-            self._log(job, *held)
+            self._log(job, said.outcome, said.reason)
             return None
-        self._spend(job)
+        if isinstance(said, Reroute):
+            log.info("asking %s instead: %s", said.provider, said.reason)
+            job = dataclasses.replace(job, provider=said.provider)
+        spend(self.gates, turn)
         log.info(
             "%s %r from %s in %s: answering",
             trigger.kind,
@@ -251,35 +300,19 @@ class Pipeline:
         )
         return job
 
-    def _trigger_limits(self, trigger: Trigger) -> tuple[float | None, int | None]:
+    def _turn(self, line: ChatLine, trigger: Trigger, rank: float, spam: str) -> Turn:
+        """What the gates weigh: the line, who sent it, and the trigger with its own limits."""
         settings = self.triggers.settings_for(trigger.name) if trigger.kind != "mention" else None
         if settings is None:
-            return None, None
-        return settings.cooldown_seconds, settings.max_responses_per_hour
-
-    def _held_back(self, job: ReplyJob) -> tuple[str, str] | None:
-        """(outcome, reason) if the channel is paused or a limit or loop guard says not now."""
-        line, trigger = job.line, job.trigger
-        if line.channel.lower() in self.paused:
-            return "paused", "channel paused by the operator"
-        cooldown, per_hour = self._trigger_limits(trigger)
-        decision = self.limiter.check(
-            line.channel, line.username, job.rank, trigger.kind, trigger.name, cooldown, per_hour
+            return Turn(line, trigger, rank, spam=spam)
+        return Turn(
+            line,
+            trigger,
+            rank,
+            settings.cooldown_seconds,
+            settings.max_responses_per_hour,
+            spam,
         )
-        if not decision.allowed:
-            return "rate_limited", f"{decision.reason}: {decision.detail}"
-        reply_ok = self.spam.check_reply(line.channel, line.username)
-        if not reply_ok.allowed:
-            return "loop_protection", f"{reply_ok.reason}: {reply_ok.detail}"
-        return None
-
-    def _spend(self, job: ReplyJob) -> None:
-        line, trigger = job.line, job.trigger
-        cooldown, per_hour = self._trigger_limits(trigger)
-        self.limiter.record(
-            line.channel, line.username, job.rank, trigger.kind, trigger.name, cooldown, per_hour
-        )
-        self.spam.record_reply(line.channel, line.username, parts=1)
 
     # --- reply (asynchronous, concurrent) ----------------------------------------------
 
@@ -290,13 +323,13 @@ class Pipeline:
         first_sent: list[float] = []
 
         async def send(parts: list[str]) -> list[str]:
-            sent = await self.sender.send(line.channel, line.domain, parts, job.correlation_id)
+            sent = await self.sender.send(line, parts, job.correlation_id)
             if sent and not first_sent:
                 first_sent.append(time.monotonic())
             return sent
 
         outcome = await self.responder.respond(
-            request, job.provider, line.channel, job.trigger.message, send
+            request, job.provider, line.key, job.trigger.message, send
         )
         cost = self._account(job, outcome.result, request)
         self.metrics.llm_attempts(outcome.attempts)
@@ -310,7 +343,9 @@ class Pipeline:
                 outcome.outcome,
                 outcome.reason,
             )
-        final = ("dry_run" if self.dry_run else "sent") if outcome.sent else outcome.outcome
+        final: Outcome = (
+            ("dry_run" if self.dry_run else "sent") if outcome.sent else outcome.outcome
+        )
         self._log(
             job,
             final,
@@ -328,7 +363,7 @@ class Pipeline:
         """Tokens and cost of a reply (budget events fire from here)."""
         if result is None:
             return None
-        cost = self.usage.record(result, job.line.channel, job.line.username, request=request)
+        cost = self.usage.record(result, job.line.key, job.line.username, request=request)
         self.metrics.tokens(result.provider, result.prompt_tokens, result.completion_tokens)
         self.metrics.cost(cost.usd)
         return cost.usd
@@ -350,20 +385,18 @@ class Pipeline:
             # Overhead: message received to first line published, minus the LLM's own time.
             waited = first_sent_at - job.line.received_monotonic
             self.metrics.overhead(max(0.0, waited - result.latency_ms / 1000.0))
-        self.spam.note_extra_bot_lines(job.line.channel, len(sent) - 1)
-        self.validator.remember(job.line.channel, reply_text)
+        self.spam.note_extra_bot_lines(job.line.key, len(sent) - 1)
+        self.validator.remember(job.line.key, reply_text)
         if self.dry_run:  # live lines come back from the bridge as chatMsg
-            self.context.add_bot_line(job.line.channel, job.channel.username, reply_text)
-        self.context.add_exchange(
-            job.line.channel, job.line.username, job.trigger.message, reply_text
-        )
+            self.context.add_bot_line(job.line.key, job.channel.username, reply_text)
+        self.context.add_exchange(job.line.key, job.line.username, job.trigger.message, reply_text)
 
     # --- the record ------------------------------------------------------------------------
 
     def _log(
         self,
         job: ReplyJob,
-        outcome: str,
+        outcome: Outcome,
         reason: str = "",
         result: LLMResult | None = None,
         *,

@@ -2,7 +2,8 @@
 
 This is the record `kryten-llm stats` (and later `replay`) reads to tune a bot, so every held-back
 trigger is logged as well as every reply: outcome `sent`, `dry_run`, `rate_limited`, `spam`,
-`llm_failed`, `filtered`, `dropped`, `guard_blocked`, `invalid`, ... with a machine reason.
+`llm_failed`, `dropped`, `guard_blocked`, `invalid`, ... (every one is in `types.Outcome`)
+with a machine reason.
 
 Interface::
 
@@ -44,7 +45,7 @@ from typing import IO, Any
 
 from kryten_llm._throttle import ThrottledCount
 from kryten_llm.config import ResponseLogSettings
-from kryten_llm.types import Attempt
+from kryten_llm.types import Attempt, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +56,8 @@ MIN_SECRET_CHARS = 6
 """Configured secrets shorter than this are not searched for: they would redact ordinary words."""
 REDACTED = "***redacted***"
 
-OUTCOMES = (
-    "sent",
-    "dry_run",
-    "rate_limited",
-    "spam",
-    "llm_failed",
-    "filtered",
-    "dropped",
-    "guard_blocked",
-    "invalid",
-)
-"""Outcomes the pipeline uses today; the log accepts any string so new ones need no change here."""
-REPLY_OUTCOMES = frozenset({"sent", "dry_run"})
+REPLY_OUTCOMES: frozenset[Outcome] = frozenset({"sent", "dry_run"})
+"""The outcomes that mean the bot answered (or, in dry run, would have)."""
 
 
 def utc_now_iso() -> str:

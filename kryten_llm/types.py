@@ -5,15 +5,74 @@ They are plain frozen dataclasses so every stage can be tested without NATS or H
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 TriggerKind = Literal["mention", "trigger_word"]
 
+HoldOutcome = Literal["spam", "paused", "rate_limited", "loop_protection", "budget"]
+"""Why a triggered line was held back before the LLM was asked (one per gate, see pipeline)."""
+Outcome = Literal[
+    "sent",
+    "dry_run",
+    HoldOutcome,
+    "dropped",
+    "llm_failed",
+    "invalid",
+    "guard_blocked",
+    "cancelled",
+]
+"""What became of a triggered line: the JSONL record's `outcome`, and nothing else.
+
+`sent` / `dry_run` (would have been sent): replied. The `HoldOutcome`s: held back by a gate.
+`dropped`: the reply queue was full. `llm_failed`: every provider failed. `invalid`: the
+validator refused the reply (and any regeneration). `guard_blocked`: the output guard refused
+it. `cancelled`: shutdown cut the reply off.
+"""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ChannelKey:
+    """One room: a CyTube server (domain) and a channel on it, as per-channel state is keyed.
+
+    The config allows the same channel name on two servers, and those are two rooms: limits,
+    history, pause, budgets, pacing and every other per-channel map is keyed by this, never by
+    the name alone. It is normalised once, here, the way the bridge matches commands: the
+    domain exactly, the channel case-insensitively (`Lounge` and `lounge` are one room).
+    """
+
+    domain: str
+    channel: str
+    """Lower-cased on construction, whatever was passed."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel", self.channel.lower())
+
+    def __str__(self) -> str:
+        return f"{self.domain}/{self.channel}"
+
+
+def channels_named(name: str, keys: Iterable[ChannelKey]) -> list[ChannelKey]:
+    """The configured rooms an operator means by `name`: `domain/channel`, or a bare channel.
+
+    A bare channel name matches that channel on every domain it is configured on, so a caller
+    that needs one room must refuse more than one match (CyTube names contain no `/`).
+    """
+    domain, slash, channel = name.strip().rpartition("/")
+    if slash:
+        return [key for key in keys if key == ChannelKey(domain, channel)]
+    # The key this name would have on each configured domain, so it is normalised as keys are.
+    return [key for key in keys if key == ChannelKey(key.domain, channel)]
+
 
 @dataclass(frozen=True, slots=True)
 class ChatLine:
-    """One chat message from the bridge, already cleaned (entities unescaped, markup removed)."""
+    """One chat message from the bridge, already cleaned (entities unescaped, markup removed).
+
+    `channel` and `domain` are as the bridge sent them (replies go back with them); `key` is
+    the room they name, for every per-channel lookup.
+    """
 
     channel: str
     domain: str
@@ -24,6 +83,10 @@ class ChatLine:
     add_class: str = ""
     correlation_id: str = ""
     received_monotonic: float = 0.0
+    key: ChannelKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", ChannelKey(self.domain, self.channel))
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +99,10 @@ class MediaChange:
     media_type: str = ""
     media_id: str = ""
     duration_seconds: int = 0
+    key: ChannelKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", ChannelKey(self.domain, self.channel))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +117,33 @@ class Trigger:
     response_style: str | None = None
     provider: str | None = None
     priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A triggered line on its way to an answer: everything a gate may weigh (see pipeline).
+
+    Built once per triggered line, so every gate checks and spends the same facts.
+    """
+
+    line: ChatLine
+    trigger: Trigger
+    rank: float = 0.0
+    """The sender's CyTube rank in this room (0 when unknown)."""
+    cooldown_seconds: float | None = None
+    """The trigger word's own cooldown; None when it has none (mentions)."""
+    max_per_hour: int | None = None
+    """The trigger word's own hourly cap; None when it has none (mentions)."""
+    spam: str = ""
+    """Why the spam guard judged this line spam when it was heard; empty if it did not."""
+
+    @property
+    def key(self) -> ChannelKey:
+        return self.line.key
+
+    @property
+    def username(self) -> str:
+        return self.line.username
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,9 @@ from pydantic import ValidationError
 
 from kryten_llm.config import ModelPrice, ProviderSettings, UsageSettings, build_settings
 from kryten_llm.decide.budget import UsageTracker, estimate_tokens
-from kryten_llm.types import ChatMessage, LLMRequest, LLMResult
+from kryten_llm.types import ChannelKey, ChatMessage, LLMRequest, LLMResult
 
+LOUNGE = ChannelKey("cytu.be", "lounge")
 PRICES = {"big-model": ModelPrice(input_per_million_usd=10.0, output_per_million_usd=30.0)}
 
 
@@ -55,7 +56,7 @@ def tracker(
 
 
 def test_cost_from_reported_tokens() -> None:
-    cost = tracker().record(result(1000, 2000), "lounge", "alice")
+    cost = tracker().record(result(1000, 2000), LOUNGE, "alice")
     assert cost.usd == pytest.approx((1000 * 10 + 2000 * 30) / 1e6)
     assert (cost.prompt_tokens, cost.completion_tokens, cost.estimated) == (1000, 2000, False)
     assert cost.priced
@@ -63,7 +64,7 @@ def test_cost_from_reported_tokens() -> None:
 
 def test_tokens_estimated_when_absent() -> None:
     request = LLMRequest(system="s" * 400, messages=(ChatMessage("user", "u" * 80),))
-    cost = tracker().record(result(None, None, text="y" * 41), "lounge", "alice", request=request)
+    cost = tracker().record(result(None, None, text="y" * 41), LOUNGE, "alice", request=request)
     assert cost.estimated
     assert (cost.prompt_tokens, cost.completion_tokens) == (120, 11)
     assert estimate_tokens("") == 0 and estimate_tokens("abc") == 1
@@ -71,9 +72,11 @@ def test_tokens_estimated_when_absent() -> None:
 
 def test_price_falls_back_to_configured_model_and_unknown_is_free() -> None:
     usage = tracker()
-    dated = usage.record(result(model="big-model-2025-01-01"), "c", "u")
+    dated = usage.record(result(model="big-model-2025-01-01"), ChannelKey("cytu.be", "c"), "u")
     assert dated.priced and dated.usd > 0  # the provider "main" is configured as big-model
-    free = usage.record(result(model="mystery", provider="unknown"), "c", "u")
+    free = usage.record(
+        result(model="mystery", provider="unknown"), ChannelKey("cytu.be", "c"), "u"
+    )
     assert not free.priced and free.usd == 0.0
 
 
@@ -83,7 +86,7 @@ def test_thresholds_fire_once_each(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="kryten_llm.decide.budget")
     # Each call costs 0.04 USD (1000 in + 1000 out at 10/30 per million).
     for _ in range(40):
-        usage.record(result(), "lounge", "alice")
+        usage.record(result(), LOUNGE, "alice")
     fired = [(e["scope"], e["threshold_percent"]) for e in events]
     assert fired == [("global", 80), ("global", 90), ("global", 100)]
     assert events[-1]["exhausted"] is True and events[-1]["action"] == "silent"
@@ -94,23 +97,23 @@ def test_thresholds_fire_once_each(caplog: pytest.LogCaptureFixture) -> None:
 def test_one_big_reply_crosses_several_thresholds_at_once() -> None:
     events: list[dict[str, Any]] = []
     usage = tracker(events, channel_daily_budget_usd=0.05)
-    usage.record(result(1000, 1500), "Lounge", "bob")  # 0.055 USD
+    usage.record(result(1000, 1500), ChannelKey("cytu.be", "Lounge"), "bob")  # 0.055 USD
     assert [(e["scope"], e["key"], e["threshold_percent"]) for e in events] == [
-        ("channel", "Lounge", 80),
-        ("channel", "Lounge", 90),
-        ("channel", "Lounge", 100),
+        ("channel", "cytu.be/lounge", 80),
+        ("channel", "cytu.be/lounge", 90),
+        ("channel", "cytu.be/lounge", 100),
     ]
 
 
 def test_silent_when_exhausted() -> None:
     usage = tracker(user_daily_budget_usd=0.05)
-    assert usage.allow("lounge", "alice").allowed
-    usage.record(result(), "lounge", "alice")
-    usage.record(result(), "lounge", "alice")
-    decision = usage.allow("lounge", "ALICE")
+    assert usage.allow(LOUNGE, "alice").allowed
+    usage.record(result(), LOUNGE, "alice")
+    usage.record(result(), LOUNGE, "alice")
+    decision = usage.allow(LOUNGE, "ALICE")
     assert not decision.allowed and decision.provider is None
     assert "user ALICE" in decision.reason
-    assert usage.allow("lounge", "bob").allowed  # other users unaffected
+    assert usage.allow(LOUNGE, "bob").allowed  # other users unaffected
 
 
 def test_cheaper_provider_when_exhausted() -> None:
@@ -119,10 +122,11 @@ def test_cheaper_provider_when_exhausted() -> None:
         on_budget_exhausted="cheaper_provider",
         cheaper_provider="cheap",
     )
-    usage.record(result(), "lounge", "alice")
-    decision = usage.allow("lounge", "carol")
+    usage.record(result(), LOUNGE, "alice")
+    decision = usage.allow(LOUNGE, "carol")
     assert decision.allowed and decision.provider == "cheap"
-    assert usage.allow("other", "carol").provider is None
+    assert usage.allow(ChannelKey("cytu.be", "other"), "carol").provider is None
+    assert usage.allow(ChannelKey("other.example", "lounge"), "carol").provider is None
 
 
 def test_cheaper_provider_mode_needs_a_provider() -> None:
@@ -134,13 +138,13 @@ def test_budgets_reset_at_utc_midnight() -> None:
     events: list[dict[str, Any]] = []
     now = Now()
     usage = tracker(events, now=now, daily_budget_usd=0.04)
-    usage.record(result(), "lounge", "alice")
-    assert not usage.allow("lounge", "alice").allowed
+    usage.record(result(), LOUNGE, "alice")
+    assert not usage.allow(LOUNGE, "alice").allowed
     assert len(events) == 3
     now.value += timedelta(hours=1)  # 00:00 UTC the next day
-    assert usage.allow("lounge", "alice").allowed
+    assert usage.allow(LOUNGE, "alice").allowed
     assert usage.snapshot()["global_usd"] == 0.0
-    usage.record(result(), "lounge", "alice")
+    usage.record(result(), LOUNGE, "alice")
     assert len(events) == 6  # the new day's thresholds fire again, once each
     assert events[-1]["day"] == "2025-03-02"
 
@@ -148,7 +152,7 @@ def test_budgets_reset_at_utc_midnight() -> None:
 def test_per_user_memory_is_bounded() -> None:
     usage = tracker(user_daily_budget_usd=1.0, max_tracked_users=50)
     for i in range(500):
-        usage.record(result(), "lounge", f"user{i}")
+        usage.record(result(), LOUNGE, f"user{i}")
     assert usage.snapshot()["users_tracked"] == 50
 
 
@@ -159,22 +163,22 @@ def test_broken_event_callback_does_not_break_accounting(caplog: pytest.LogCaptu
     usage = UsageTracker(
         UsageSettings(prices=PRICES, daily_budget_usd=0.01), on_budget_event=explode, now=Now()
     )
-    cost = usage.record(result(), "lounge", "alice")
+    cost = usage.record(result(), LOUNGE, "alice")
     assert cost.usd > 0
     assert "on_budget_event callback failed" in caplog.text
-    assert not usage.allow("lounge", "alice").allowed
+    assert not usage.allow(LOUNGE, "alice").allowed
 
 
 def test_zero_budget_means_no_spending() -> None:
     usage = tracker(daily_budget_usd=0.0)
-    assert not usage.allow("lounge", "alice").allowed
+    assert not usage.allow(LOUNGE, "alice").allowed
 
 
 def test_reconfigure_keeps_todays_spend() -> None:
     usage = tracker(daily_budget_usd=1.0)
-    usage.record(result(), "lounge", "alice")
+    usage.record(result(), LOUNGE, "alice")
     usage.reconfigure(UsageSettings(prices=PRICES, daily_budget_usd=0.03))
-    assert not usage.allow("lounge", "alice").allowed
+    assert not usage.allow(LOUNGE, "alice").allowed
 
 
 def test_settings_sections_load_from_config_and_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,6 +32,7 @@ from kryten_llm.response_log import ResponseLog, ResponseRecord
 from kryten_llm.tools.replay import ReplayOptions, replay_transcript
 from kryten_llm.tools.simulate import cytube_escape
 from kryten_llm.tools.transcript import TranscriptEvent, parse_transcript
+from kryten_llm.types import ChannelKey
 from tests.support.bridge import Bridge
 from tests.support.fake_llm import FakeLLM, completion, last_user_message
 from tests.support.nats_server import NatsServer
@@ -139,7 +140,8 @@ async def wait_for_records(service: LLMService, count: int) -> None:
 
 
 def rank_is(ranks: RankRegistry, channel: str, name: str, rank: float) -> Callable[[], bool]:
-    return lambda: ranks.rank_of(channel, name) == rank
+    """The channels here are all on cytu.be (the bridge helper's default domain)."""
+    return lambda: ranks.rank_of(ChannelKey("cytu.be", channel), name) == rank
 
 
 @dataclass
@@ -391,7 +393,8 @@ async def test_moderator_cooldowns_are_shorter_with_ranks_from_the_kv_bucket(
         )
         async with running(settings, clock=EventClock()) as service:
             assert service.pipeline is not None
-            assert service.pipeline.ranks.rank_of(channel, "ModMolly") == 3  # before any event
+            room = ChannelKey("cytu.be", channel)
+            assert service.pipeline.ranks.rank_of(room, "ModMolly") == 3  # before any event
             await _moderator_scenario(service, bridge, channel)
         _assert_moderator_outcomes(settings)
     finally:

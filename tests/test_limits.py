@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from kryten_llm.config import RateLimitSettings
 from kryten_llm.decide.limits import RateLimiter
+from kryten_llm.types import ChatLine, Trigger, TriggerKind, Turn
 
 
 class FakeClock:
@@ -41,6 +42,21 @@ def make(**overrides: Any) -> tuple[RateLimiter, FakeClock]:
     return RateLimiter(RateLimitSettings(**{**LOOSE, **overrides}), clock=clock), clock
 
 
+def turn(
+    user: str = "alice",
+    channel: str = "lounge",
+    rank: float = 0,
+    kind: TriggerKind = "trigger_word",
+    name: str = "movies",
+    cooldown: float | None = None,
+    per_hour: int | None = None,
+    domain: str = "cytu.be",
+) -> Turn:
+    """A triggered line from `user` in `domain/channel`, as the pipeline hands it to the limiter."""
+    line = ChatLine(channel, domain, user, f"hey {name}", 0)
+    return Turn(line, Trigger(kind, name, line.text), rank, cooldown, per_hour)
+
+
 def word(
     limiter: RateLimiter,
     user: str = "alice",
@@ -51,21 +67,27 @@ def word(
     per_hour: int | None = None,
     do_record: bool = False,
 ) -> Any:
-    args = (channel, user, rank, "trigger_word", name, cooldown, per_hour)
-    decision = limiter.check(*args)
+    asked = turn(user, channel, rank, "trigger_word", name, cooldown, per_hour)
+    decision = limiter.check(asked)
     if do_record and decision.allowed:
-        limiter.record(*args)
+        limiter.record(asked)
     return decision
 
 
 def mention(
-    limiter: RateLimiter, user: str = "alice", channel: str = "lounge", rank: float = 0
+    limiter: RateLimiter,
+    user: str = "alice",
+    channel: str = "lounge",
+    rank: float = 0,
+    domain: str = "cytu.be",
 ) -> Any:
-    return limiter.check(channel, user, rank, "mention", "mention")
+    return limiter.check(turn(user, channel, rank, "mention", "mention", domain=domain))
 
 
-def reply_mention(limiter: RateLimiter, user: str = "alice", channel: str = "lounge") -> None:
-    limiter.record(channel, user, 0, "mention", "mention")
+def reply_mention(
+    limiter: RateLimiter, user: str = "alice", channel: str = "lounge", domain: str = "cytu.be"
+) -> None:
+    limiter.record(turn(user, channel, 0, "mention", "mention", domain=domain))
 
 
 def test_first_reply_is_allowed_with_ok_reason() -> None:
@@ -176,6 +198,8 @@ def test_channels_are_independent_and_names_case_insensitive() -> None:
     assert not mention(limiter, "bob", channel="lounge").allowed, "channel names ignore case"
     assert mention(limiter, "bob", channel="other").allowed, "another channel has its own budget"
     assert mention(limiter, "ALICE", channel="other").reason == "ok"
+    same_name_elsewhere = mention(limiter, "ALICE", channel="lounge", domain="other.example")
+    assert same_name_elsewhere.reason == "ok", "the same name on another server is another room"
     limiter2, _ = make(user_cooldown_seconds=60)
     reply_mention(limiter2, "Alice")
     assert mention(limiter2, "aLiCe").reason == "user_cooldown"
@@ -254,8 +278,8 @@ def test_stats_report_saturation_per_channel() -> None:
     reply_mention(limiter, "b", channel="one")
     reply_mention(limiter, "c", channel="two")
     stats = limiter.stats()
-    assert stats["channels"]["one"]["hour_saturation"] == pytest.approx(0.5)
-    assert stats["channels"]["two"]["replies_last_hour"] == 1
+    assert stats["channels"]["cytu.be/one"]["hour_saturation"] == pytest.approx(0.5)
+    assert stats["channels"]["cytu.be/two"]["replies_last_hour"] == 1
     assert stats["max_hour_saturation"] == pytest.approx(0.5)
     clock.advance(3601)
     assert limiter.stats()["channels"] == {}, "stats prunes expired channels"
@@ -264,12 +288,12 @@ def test_stats_report_saturation_per_channel() -> None:
 def test_hundred_thousand_users_do_not_stay_tracked_after_their_windows() -> None:
     limiter, clock = make(max_tracked_users=1_000_000, user_cooldown_seconds=60)
     for i in range(100_000):
-        limiter.record("lounge", f"user{i}", 0, "mention", "mention")
+        limiter.record(turn(f"user{i}", kind="mention", name="mention"))
         if i % 1000 == 0:
             clock.advance(1)
     assert limiter.tracked()["users"] > 1000, "still inside their windows: remembered"
     clock.advance(3601)
-    limiter.record("lounge", "latecomer", 0, "mention", "mention")
+    limiter.record(turn("latecomer", kind="mention", name="mention"))
     assert limiter.tracked()["users"] == 1, "amortised pruning ran on the next write"
     assert limiter.tracked()["channels"] == 1
 
@@ -277,7 +301,7 @@ def test_hundred_thousand_users_do_not_stay_tracked_after_their_windows() -> Non
 def test_tracked_users_are_capped_least_recent_first() -> None:
     limiter, _ = make(max_tracked_users=100, user_cooldown_seconds=60)
     for i in range(1000):
-        limiter.record("lounge", f"user{i}", 0, "trigger_word", "t")
+        limiter.record(turn(f"user{i}", kind="trigger_word", name="t"))
     assert limiter.tracked()["users"] == 100
     assert word(limiter, "user999").reason == "user_cooldown", "the most recent is kept"
     assert word(limiter, "user0").allowed, "the least recent was evicted"
@@ -290,7 +314,7 @@ def test_tracked_users_are_capped_least_recent_first() -> None:
 )
 def test_hostile_usernames_are_just_keys(username: str) -> None:
     limiter, _ = make(user_cooldown_seconds=60)
-    limiter.record("lounge", username, 0, "mention", "mention")
+    limiter.record(turn(username, kind="mention", name="mention"))
     assert word(limiter, username).reason == "user_cooldown"
 
 

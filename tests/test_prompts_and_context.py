@@ -7,11 +7,15 @@ from pathlib import Path
 from kryten_llm.config import ContextSettings, PersonalitySettings
 from kryten_llm.context import CONVERSATIONS_PER_CHANNEL_MAX, ContextManager
 from kryten_llm.reply.prompts import PromptBuilder, quote_data, safe_username
-from kryten_llm.types import ChatLine, MediaChange, Trigger
+from kryten_llm.types import ChannelKey, ChatLine, MediaChange, Trigger
 
 
-def chat(channel: str, user: str, text: str) -> ChatLine:
-    return ChatLine(channel, "cytu.be", user, text, 1)
+def chat(channel: str, user: str, text: str, domain: str = "cytu.be") -> ChatLine:
+    return ChatLine(channel, domain, user, text, 1)
+
+
+def room(channel: str, domain: str = "cytu.be") -> ChannelKey:
+    return ChannelKey(domain, channel)
 
 
 def mention(text: str) -> Trigger:
@@ -20,7 +24,7 @@ def mention(text: str) -> Trigger:
 
 def build(ctx: ContextManager, channel: str, user: str, trigger: Trigger, **context: object) -> str:
     builder = PromptBuilder(PersonalitySettings(), ContextSettings(**context))  # type: ignore[arg-type]
-    request = builder.build(user, trigger, ctx.snapshot(channel, user))
+    request = builder.build(user, trigger, ctx.snapshot(room(channel), user))
     return request.system + "\n" + "\n".join(m.content for m in request.messages)
 
 
@@ -65,9 +69,21 @@ def test_channels_never_mix() -> None:
     ctx = ContextManager(ContextSettings())
     ctx.add_chat(chat("A", "Bob", "secret of channel A"))
     ctx.set_video(MediaChange("A", "cytu.be", "A's movie"))
-    ctx.add_exchange("A", "Alice", "q in A", "answer in A")
+    ctx.add_exchange(room("A"), "Alice", "q in A", "answer in A")
     text = build(ctx, "B", "Alice", mention("hi"))
     assert "channel A" not in text and "A's movie" not in text and "answer in A" not in text
+
+
+def test_the_same_channel_name_on_another_server_is_another_room() -> None:
+    ctx = ContextManager(ContextSettings())
+    ctx.add_chat(chat("Lounge", "Bob", "said on cytu.be", domain="cytu.be"))
+    ctx.add_exchange(room("Lounge"), "Alice", "q on cytu.be", "answer on cytu.be")
+    ctx.add_chat(chat("lounge", "Carol", "said in the same room", domain="cytu.be"))
+    elsewhere = ctx.snapshot(room("lounge", "other.example"), "Alice")
+    assert elsewhere.chat == () and elsewhere.conversation == ()
+    here = ctx.snapshot(room("LOUNGE"), "Alice")
+    assert [user for user, _ in here.chat] == ["Bob", "Carol"], "channel names ignore case"
+    assert len(here.conversation) == 1
 
 
 def test_untrusted_text_cannot_close_the_data_block() -> None:
@@ -107,18 +123,18 @@ def test_budget_cuts_oldest_history_never_the_message_or_system() -> None:
 def test_conversation_memory_is_bounded_and_per_user() -> None:
     ctx = ContextManager(ContextSettings())
     for i in range(10):
-        ctx.add_exchange("A", "Alice", f"q{i}", f"a{i}")
-    snapshot = ctx.snapshot("A", "alice")
+        ctx.add_exchange(room("A"), "Alice", f"q{i}", f"a{i}")
+    snapshot = ctx.snapshot(room("A"), "alice")
     assert [e.user_message for e in snapshot.conversation] == ["q5", "q6", "q7", "q8", "q9"]
     for i in range(CONVERSATIONS_PER_CHANNEL_MAX + 50):
-        ctx.add_exchange("A", f"user{i}", "q", "a")
-    assert len(ctx._channel("A").conversations) == CONVERSATIONS_PER_CHANNEL_MAX
+        ctx.add_exchange(room("A"), f"user{i}", "q", "a")
+    assert len(ctx._channel(room("A")).conversations) == CONVERSATIONS_PER_CHANNEL_MAX
 
 
 def test_chat_history_is_bounded_and_resizable() -> None:
     ctx = ContextManager(ContextSettings(chat_history_size=20))
     for i in range(100):
         ctx.add_chat(chat("A", "Bob", f"m{i}"))
-    assert len(ctx.snapshot("A", "x").chat) == 20
+    assert len(ctx.snapshot(room("A"), "x").chat) == 20
     ctx.reconfigure(ContextSettings(chat_history_size=5))
-    assert [t for _, t in ctx.snapshot("A", "x").chat] == [f"m{i}" for i in range(95, 100)]
+    assert [t for _, t in ctx.snapshot(room("A"), "x").chat] == [f"m{i}" for i in range(95, 100)]

@@ -239,7 +239,7 @@ async def test_pause_and_resume_a_channel(
     settings = make_settings(nats_server.url, fake_llm.base_url)
     fake_llm.echo(prefix="heard: ")
     async with running_service(settings) as service:
-        assert service.pause(CHANNEL_A) == [CHANNEL_A.lower()]
+        assert service.pause(CHANNEL_A) == [f"cytu.be/{CHANNEL_A.lower()}"]
         await bridge.chat(CHANNEL_A, "Alice", f"{BOT} anyone home?")
         await bridge.quiet_for(0.6)
         assert bridge.says() == []

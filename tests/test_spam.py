@@ -8,6 +8,9 @@ import pytest
 
 from kryten_llm.config import SpamSettings
 from kryten_llm.decide.spam import SpamGuard
+from kryten_llm.types import ChannelKey
+
+LOUNGE = ChannelKey("cytu.be", "lounge")
 
 
 class FakeClock:
@@ -33,8 +36,9 @@ def say(
     rank: float = 0,
     mention: bool = False,
     channel: str = "lounge",
+    domain: str = "cytu.be",
 ) -> Any:
-    return guard.observe(channel, user, rank, text, mention)
+    return guard.observe(ChannelKey(domain, channel), user, rank, text, mention)
 
 
 # --- spam ------------------------------------------------------------------------------------
@@ -92,10 +96,10 @@ def test_penalty_holds_every_line_then_expires() -> None:
     held = say(guard, "an innocent line")
     assert (held.is_spam, held.reason) == (True, "penalty")
     assert held.penalty_seconds == pytest.approx(20)
-    assert guard.penalty_remaining("lounge", "ALICE") == pytest.approx(20)
+    assert guard.penalty_remaining(LOUNGE, "ALICE") == pytest.approx(20)
     clock.advance(20)
     assert not say(guard, "back to normal").is_spam
-    assert guard.penalty_remaining("lounge", "alice") == 0
+    assert guard.penalty_remaining(LOUNGE, "alice") == 0
 
 
 def test_penalties_back_off_exponentially_to_the_maximum() -> None:
@@ -150,6 +154,8 @@ def test_spam_is_per_channel_and_user() -> None:
     assert say(guard, "hi", channel="one").is_spam
     assert not say(guard, "hi", channel="two").is_spam
     assert not say(guard, "hi", user="bob", channel="one").is_spam
+    assert not say(guard, "hi", channel="ONE", domain="other.example").is_spam, "another server"
+    assert say(guard, "hi", channel="ONE").is_spam, "channel names ignore case"
 
 
 def test_disabled_detects_nothing_but_still_knows_other_bots() -> None:
@@ -183,60 +189,61 @@ LOOP_OFF: dict[str, Any] = {"max_chat_share": 1.0, "max_replies_per_window": 10_
 def test_reply_window_caps_replies_per_channel() -> None:
     guard, clock = make(**{**LOOP_OFF, "max_replies_per_window": 3, "reply_window_seconds": 300})
     for user in ("a", "b", "c"):
-        assert guard.check_reply("lounge", user).allowed
-        guard.record_reply("lounge", user)
+        assert guard.check_reply(LOUNGE, user).allowed
+        guard.record_reply(LOUNGE, user)
         clock.advance(10)
-    blocked = guard.check_reply("lounge", "d")
+    blocked = guard.check_reply(LOUNGE, "d")
     assert (blocked.allowed, blocked.reason) == (False, "reply_window")
     assert "270.0 s" in blocked.detail
-    assert guard.check_reply("other", "d").allowed
+    assert guard.check_reply(ChannelKey("cytu.be", "other"), "d").allowed
+    assert guard.check_reply(ChannelKey("other.example", "lounge"), "d").allowed
     clock.advance(270)
-    assert guard.check_reply("lounge", "d").allowed
+    assert guard.check_reply(LOUNGE, "d").allowed
 
 
 def test_consecutive_replies_to_one_user_are_capped() -> None:
     guard, clock = make(**{**LOOP_OFF, "max_consecutive_replies_to_user": 3})
     for _ in range(3):
-        assert guard.check_reply("lounge", "pingbot").allowed
-        guard.record_reply("lounge", "pingbot")
-        guard.note_chat_line("lounge", "pingbot", is_bot=False)
+        assert guard.check_reply(LOUNGE, "pingbot").allowed
+        guard.record_reply(LOUNGE, "pingbot")
+        guard.note_chat_line(LOUNGE, "pingbot", is_bot=False)
         clock.advance(5)
-    blocked = guard.check_reply("lounge", "PingBot")
+    blocked = guard.check_reply(LOUNGE, "PingBot")
     assert (blocked.allowed, blocked.reason) == (False, "consecutive_replies")
-    assert guard.check_reply("lounge", "someone_else").allowed
+    assert guard.check_reply(LOUNGE, "someone_else").allowed
 
 
 def test_streak_resets_when_the_bot_answers_someone_else() -> None:
     guard, _ = make(**{**LOOP_OFF, "max_consecutive_replies_to_user": 2})
-    guard.record_reply("lounge", "alice")
-    guard.record_reply("lounge", "alice")
-    assert not guard.check_reply("lounge", "alice").allowed
-    guard.record_reply("lounge", "bob")
-    assert guard.check_reply("lounge", "alice").allowed
+    guard.record_reply(LOUNGE, "alice")
+    guard.record_reply(LOUNGE, "alice")
+    assert not guard.check_reply(LOUNGE, "alice").allowed
+    guard.record_reply(LOUNGE, "bob")
+    assert guard.check_reply(LOUNGE, "alice").allowed
 
 
 def test_streak_resets_after_other_people_chat() -> None:
     guard, _ = make(**{**LOOP_OFF, "max_consecutive_replies_to_user": 2, "streak_reset_lines": 3})
-    guard.record_reply("lounge", "alice")
-    guard.record_reply("lounge", "alice")
-    guard.note_chat_line("lounge", "alice", is_bot=False)  # her own lines do not count
-    guard.note_chat_line("lounge", "CynthiaRothbot", is_bot=True)  # nor do the bot's
-    guard.note_chat_line("lounge", "bob", is_bot=False)
-    guard.note_chat_line("lounge", "carol", is_bot=False)
-    assert not guard.check_reply("lounge", "alice").allowed
-    guard.note_chat_line("lounge", "dave", is_bot=False)
-    assert guard.check_reply("lounge", "alice").allowed
+    guard.record_reply(LOUNGE, "alice")
+    guard.record_reply(LOUNGE, "alice")
+    guard.note_chat_line(LOUNGE, "alice", is_bot=False)  # her own lines do not count
+    guard.note_chat_line(LOUNGE, "CynthiaRothbot", is_bot=True)  # nor do the bot's
+    guard.note_chat_line(LOUNGE, "bob", is_bot=False)
+    guard.note_chat_line(LOUNGE, "carol", is_bot=False)
+    assert not guard.check_reply(LOUNGE, "alice").allowed
+    guard.note_chat_line(LOUNGE, "dave", is_bot=False)
+    assert guard.check_reply(LOUNGE, "alice").allowed
 
 
 def test_streak_resets_after_a_quiet_period() -> None:
     guard, clock = make(
         **{**LOOP_OFF, "max_consecutive_replies_to_user": 1, "streak_reset_seconds": 300}
     )
-    guard.record_reply("lounge", "alice")
+    guard.record_reply(LOUNGE, "alice")
     clock.advance(299)
-    assert guard.check_reply("lounge", "alice").reason == "consecutive_replies"
+    assert guard.check_reply(LOUNGE, "alice").reason == "consecutive_replies"
     clock.advance(1)
-    assert guard.check_reply("lounge", "alice").allowed
+    assert guard.check_reply(LOUNGE, "alice").allowed
 
 
 def test_two_bots_cannot_ping_pong_forever() -> None:
@@ -247,10 +254,10 @@ def test_two_bots_cannot_ping_pong_forever() -> None:
     )
     reply_times: list[float] = []
     for _ in range(100):
-        guard.note_chat_line("lounge", "echobot", is_bot=False)
-        guard.observe("lounge", "echobot", 0, "reply to the bot", True)
-        if guard.check_reply("lounge", "echobot").allowed:
-            guard.record_reply("lounge", "echobot")
+        guard.note_chat_line(LOUNGE, "echobot", is_bot=False)
+        guard.observe(LOUNGE, "echobot", 0, "reply to the bot", True)
+        if guard.check_reply(LOUNGE, "echobot").allowed:
+            guard.record_reply(LOUNGE, "echobot")
             reply_times.append(clock.now)
         clock.advance(20)
     assert len(reply_times) == 24, "4 replies per 360 s cycle over 2000 s"
@@ -263,16 +270,16 @@ def test_two_bots_cannot_ping_pong_forever() -> None:
 
 def test_quiet_channel_first_mention_is_answered() -> None:
     guard, _ = make(max_chat_share=0.05, chat_share_min_sample_lines=20)
-    guard.note_chat_line("lounge", "alice", is_bot=False)
-    assert guard.check_reply("lounge", "alice").allowed
+    guard.note_chat_line(LOUNGE, "alice", is_bot=False)
+    assert guard.check_reply(LOUNGE, "alice").allowed
 
 
 def test_below_the_minimum_sample_the_share_is_not_judged() -> None:
     guard, _ = make(max_chat_share=0.05, chat_share_min_sample_lines=20)
     for _ in range(5):
-        guard.note_chat_line("lounge", "alice", is_bot=False)
-    guard.record_reply("lounge", "alice", parts=3)
-    assert guard.check_reply("lounge", "bob").allowed, "8 lines < 20: not a sample"
+        guard.note_chat_line(LOUNGE, "alice", is_bot=False)
+    guard.record_reply(LOUNGE, "alice", parts=3)
+    assert guard.check_reply(LOUNGE, "bob").allowed, "8 lines < 20: not a sample"
 
 
 def test_chat_share_holds_back_a_dominating_bot_until_people_talk() -> None:
@@ -280,20 +287,20 @@ def test_chat_share_holds_back_a_dominating_bot_until_people_talk() -> None:
         max_chat_share=0.1, chat_share_min_sample_lines=20, max_consecutive_replies_to_user=100
     )
     for i in range(18):
-        guard.note_chat_line("lounge", f"user{i}", is_bot=False)
-    guard.record_reply("lounge", "user1", parts=2)  # 2 of 20 lines = 10%
-    blocked = guard.check_reply("lounge", "user2")
+        guard.note_chat_line(LOUNGE, f"user{i}", is_bot=False)
+    guard.record_reply(LOUNGE, "user1", parts=2)  # 2 of 20 lines = 10%
+    blocked = guard.check_reply(LOUNGE, "user2")
     assert (blocked.allowed, blocked.reason) == (False, "chat_share")
     assert "2 of the last 20" in blocked.detail
-    guard.note_chat_line("lounge", "someone", is_bot=False)  # 2 of 21 < 10%
-    assert guard.check_reply("lounge", "user2").allowed
+    guard.note_chat_line(LOUNGE, "someone", is_bot=False)  # 2 of 21 < 10%
+    assert guard.check_reply(LOUNGE, "user2").allowed
 
 
 def test_bot_echoes_and_other_bots_are_not_counted() -> None:
     guard, _ = make(max_chat_share=0.1, chat_share_min_sample_lines=10, other_bots=["otherbot"])
     for _ in range(50):
-        guard.note_chat_line("lounge", "otherbot", is_bot=False)
-        guard.note_chat_line("lounge", "CynthiaRothbot", is_bot=True)
+        guard.note_chat_line(LOUNGE, "otherbot", is_bot=False)
+        guard.note_chat_line(LOUNGE, "CynthiaRothbot", is_bot=True)
     assert guard.stats()["channels"] == {}
 
 
@@ -301,15 +308,15 @@ def test_chat_share_window_is_bounded_by_lines_and_time() -> None:
     guard, clock = make(
         max_chat_share=0.05, chat_share_window_lines=50, chat_share_window_seconds=600
     )
-    guard.record_reply("lounge", "a", parts=3)
+    guard.record_reply(LOUNGE, "a", parts=3)
     for i in range(60):
-        guard.note_chat_line("lounge", f"u{i}", is_bot=False)
-    stats = guard.stats()["channels"]["lounge"]
+        guard.note_chat_line(LOUNGE, f"u{i}", is_bot=False)
+    stats = guard.stats()["channels"]["cytu.be/lounge"]
     assert stats["lines_in_window"] == 50
     assert stats["bot_lines_in_window"] == 0, "the bot's lines scrolled out of the window"
     clock.advance(601)
-    guard.note_chat_line("lounge", "late", is_bot=False)
-    assert guard.stats()["channels"]["lounge"]["lines_in_window"] == 1
+    guard.note_chat_line(LOUNGE, "late", is_bot=False)
+    assert guard.stats()["channels"]["cytu.be/lounge"]["lines_in_window"] == 1
 
 
 def test_dry_run_and_live_count_the_same() -> None:
@@ -319,14 +326,14 @@ def test_dry_run_and_live_count_the_same() -> None:
         guard, clock = make(max_chat_share=0.2, chat_share_min_sample_lines=10)
         seen = []
         for i in range(60):
-            guard.note_chat_line("lounge", f"u{i % 4}", is_bot=False)
-            decision = guard.check_reply("lounge", f"u{i % 4}")
+            guard.note_chat_line(LOUNGE, f"u{i % 4}", is_bot=False)
+            decision = guard.check_reply(LOUNGE, f"u{i % 4}")
             seen.append(decision.reason)
             if decision.allowed:
-                guard.record_reply("lounge", f"u{i % 4}", parts=2)
+                guard.record_reply(LOUNGE, f"u{i % 4}", parts=2)
                 if live:
                     for _ in range(2):
-                        guard.note_chat_line("lounge", "CynthiaRothbot", is_bot=True)
+                        guard.note_chat_line(LOUNGE, "CynthiaRothbot", is_bot=True)
             clock.advance(4)
         outcomes.append(seen)
     assert outcomes[0] == outcomes[1]
@@ -387,9 +394,9 @@ def test_stats_report_penalties_and_share() -> None:
     guard, _ = make(repeat_max_identical=1)
     say(guard, "x")
     say(guard, "x")
-    guard.note_chat_line("lounge", "alice", is_bot=False)
-    guard.record_reply("lounge", "alice")
+    guard.note_chat_line(LOUNGE, "alice", is_bot=False)
+    guard.record_reply(LOUNGE, "alice")
     stats = guard.stats()
     assert stats["penalised_users"] == 1
-    assert stats["channels"]["lounge"]["chat_share"] == pytest.approx(0.5)
-    assert stats["channels"]["lounge"]["replies_in_window"] == 1
+    assert stats["channels"]["cytu.be/lounge"]["chat_share"] == pytest.approx(0.5)
+    assert stats["channels"]["cytu.be/lounge"]["replies_in_window"] == 1

@@ -9,8 +9,9 @@ from pydantic import ValidationError
 
 from kryten_llm.config import ValidationSettings
 from kryten_llm.reply.validator import ReplyValidator, Verdict, content_words
+from kryten_llm.types import ChannelKey
 
-CHANNEL = "420Grindhouse"
+CHANNEL = ChannelKey("cytu.be", "420Grindhouse")
 
 
 def make(**settings: object) -> ReplyValidator:
@@ -52,8 +53,9 @@ def test_near_repeat_is_refused_and_different_reply_passes() -> None:
 def test_history_is_per_channel_and_case_insensitive() -> None:
     validator = make()
     validator.remember(CHANNEL, "Same reply.")
-    assert not validator.validate(CHANNEL.lower(), "Same reply.").ok
-    assert validator.validate("other", "Same reply.").ok
+    assert not validator.validate(ChannelKey("cytu.be", "420GRINDHOUSE"), "Same reply.").ok
+    assert validator.validate(ChannelKey("cytu.be", "other"), "Same reply.").ok
+    assert validator.validate(ChannelKey("other.example", "420Grindhouse"), "Same reply.").ok
 
 
 def test_threshold_one_refuses_exact_repeats_only() -> None:
@@ -75,10 +77,10 @@ def test_history_is_bounded_per_channel() -> None:
 def test_channel_count_is_bounded() -> None:
     validator = make(max_channels=3)
     for index in range(10):
-        validator.remember(f"chan{index}", "hello")
+        validator.remember(ChannelKey("cytu.be", f"chan{index}"), "hello")
     assert validator.channel_count == 3
-    assert validator.history_size("chan9") == 1
-    assert validator.history_size("chan0") == 0
+    assert validator.history_size(ChannelKey("cytu.be", "chan9")) == 1
+    assert validator.history_size(ChannelKey("cytu.be", "chan0")) == 0
 
 
 def test_history_size_zero_disables_the_repetition_check() -> None:
@@ -125,7 +127,7 @@ def test_disabled_validation_accepts_anything() -> None:
 def test_refusals_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="kryten_llm.reply.validator"):
         make().validate(CHANNEL, "")
-    assert "reply refused in 420Grindhouse: empty reply" in caplog.text
+    assert "reply refused in cytu.be/420grindhouse: empty reply" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -31,13 +31,14 @@ from kryten_llm.decide.budget import BudgetEvent, UsageTracker
 from kryten_llm.decide.ranks import load_ranks_from_kv
 from kryten_llm.llm.manager import LLMManager
 from kryten_llm.logsetup import KRYTEN_NOISE, apply_level
-from kryten_llm.ops.control import ControlService, UnknownChannel
+from kryten_llm.ops.control import AmbiguousChannel, ControlService, UnknownChannel
 from kryten_llm.ops.discovery import Announcer, lifecycle_service_config
 from kryten_llm.ops.health import HealthMonitor
 from kryten_llm.ops.metrics import Metrics, MetricsServer, metrics_summary
 from kryten_llm.pipeline import Pipeline
 from kryten_llm.reply.sender import ChatSender
 from kryten_llm.response_log import ResponseLog
+from kryten_llm.types import ChannelKey, channels_named
 
 log = logging.getLogger(__name__)
 
@@ -263,9 +264,7 @@ class LLMService:
         if connection is None:
             return
         for channel in self.settings.channels:
-            await load_ranks_from_kv(
-                connection, channel.channel, pipeline.ranks, KV_TIMEOUT_SECONDS
-            )
+            await load_ranks_from_kv(connection, channel, pipeline.ranks, KV_TIMEOUT_SECONDS)
             media = await load_current_media(connection, channel, KV_TIMEOUT_SECONDS)
             if media is not None:
                 pipeline.context.set_video(media)
@@ -324,26 +323,33 @@ class LLMService:
         finally:
             self.notifier.ready()
 
-    def _channel_key(self, channel: str | None) -> list[str]:
-        names = {c.channel.lower() for c in self.settings.channels}
-        if channel is None:
-            return sorted(names)
-        if channel.lower() not in names:
-            raise UnknownChannel(channel)
-        return [channel.lower()]
+    def _channel_keys(self, name: str | None) -> list[ChannelKey]:
+        """The rooms a pause or resume names: all (None), `domain/channel`, or a bare channel.
+
+        A bare name that is configured on two domains is refused: it would be a guess.
+        """
+        configured = [c.key for c in self.settings.channels]
+        if name is None:
+            return configured
+        keys = channels_named(name, configured)
+        if not keys:
+            raise UnknownChannel(name)
+        if len(keys) > 1:
+            raise AmbiguousChannel(name)
+        return keys
 
     def pause(self, channel: str | None) -> Collection[str]:
         """Stop answering in a channel (or all); it is still heard and remembered."""
         assert self.pipeline is not None
-        self.pipeline.paused.update(self._channel_key(channel))
-        log.warning("paused: %s", ", ".join(sorted(self.pipeline.paused)))
-        return sorted(self.pipeline.paused)
+        self.pipeline.paused.update(self._channel_keys(channel))
+        log.warning("paused: %s", ", ".join(self.paused_channels()))
+        return self.paused_channels()
 
     def resume(self, channel: str | None) -> Collection[str]:
         assert self.pipeline is not None
-        self.pipeline.paused.difference_update(self._channel_key(channel))
-        log.warning("resumed; paused now: %s", ", ".join(sorted(self.pipeline.paused)) or "none")
-        return sorted(self.pipeline.paused)
+        self.pipeline.paused.difference_update(self._channel_keys(channel))
+        log.warning("resumed; paused now: %s", ", ".join(self.paused_channels()) or "none")
+        return self.paused_channels()
 
     # --- StatusSource (health, heartbeats, metrics) --------------------------------------
 
@@ -370,8 +376,9 @@ class LLMService:
     def channels(self) -> Sequence[ChannelSettings]:
         return self.settings.channels
 
-    def paused_channels(self) -> Collection[str]:
-        return sorted(self.pipeline.paused) if self.pipeline else []
+    def paused_channels(self) -> list[str]:
+        """Paused rooms as `domain/channel`, sorted."""
+        return sorted(str(key) for key in self.pipeline.paused) if self.pipeline else []
 
     # --- run and stop --------------------------------------------------------------------
 

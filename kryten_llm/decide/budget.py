@@ -2,9 +2,10 @@
 
 Tokens come from the provider's usage fields; when a provider reports none, they are estimated
 (about four characters per token) and the `Cost` says so. A per-model price table turns tokens
-into USD. Spend is kept per UTC day for the whole bot, per channel and per user, and starts
-again at UTC midnight. Per-user and per-channel records are bounded (least recently active are
-forgotten first, which can only make the bot *more* willing to answer a forgotten user).
+into USD. Spend is kept per UTC day for the whole bot, per channel (keyed by `ChannelKey`, so
+same-named channels on two servers have two budgets) and per user, and starts again at UTC
+midnight. Per-user and per-channel records are bounded (least recently active are forgotten
+first, which can only make the bot *more* willing to answer a forgotten user).
 
 Budget warnings fire at 80 %, 90 % and 100 % of each budget, exactly once per threshold per
 day, through `on_budget_event(dict)`. Once a budget is spent, `allow()` says what to do: use
@@ -19,10 +20,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from kryten_llm.config import ModelPrice, ProviderSettings, UsageSettings
-from kryten_llm.types import LLMRequest, LLMResult
+from kryten_llm.types import ChannelKey, LLMRequest, LLMResult
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ MAX_TRACKED_CHANNELS = 1000
 TOKENS_PER_PRICE_UNIT = 1_000_000
 
 Scope = Literal["global", "channel", "user"]
+K = TypeVar("K", str, ChannelKey)
 BudgetEvent = dict[str, object]
 
 
@@ -93,7 +95,7 @@ class UsageTracker:
         self._now = now
         self._day: date = now().date()
         self._global = _Spend()
-        self._channels: OrderedDict[str, _Spend] = OrderedDict()
+        self._channels: OrderedDict[ChannelKey, _Spend] = OrderedDict()
         self._users: OrderedDict[str, _Spend] = OrderedDict()
 
     def reconfigure(
@@ -111,7 +113,7 @@ class UsageTracker:
     def record(
         self,
         result: LLMResult,
-        channel: str,
+        channel: ChannelKey,
         user: str,
         *,
         request: LLMRequest | None = None,
@@ -124,8 +126,10 @@ class UsageTracker:
         cost = self.cost(result, request)
         budgets = self.settings
         self._add(cost.usd, "global", "", self._global, budgets.daily_budget_usd)
-        channel_spend = self._entry(self._channels, channel.lower(), MAX_TRACKED_CHANNELS)
-        self._add(cost.usd, "channel", channel, channel_spend, budgets.channel_daily_budget_usd)
+        channel_spend = self._entry(self._channels, channel, MAX_TRACKED_CHANNELS)
+        self._add(
+            cost.usd, "channel", str(channel), channel_spend, budgets.channel_daily_budget_usd
+        )
         user_spend = self._entry(self._users, user.lower(), budgets.max_tracked_users)
         self._add(cost.usd, "user", user, user_spend, budgets.user_daily_budget_usd)
         return cost
@@ -159,7 +163,7 @@ class UsageTracker:
 
     # --- deciding ---
 
-    def allow(self, channel: str, user: str) -> BudgetDecision:
+    def allow(self, channel: ChannelKey, user: str) -> BudgetDecision:
         """Whether to ask an LLM for this channel and user, and through which provider."""
         self._roll_day()
         exhausted = self.exhausted(channel, user)
@@ -172,12 +176,12 @@ class UsageTracker:
             return BudgetDecision(True, self.settings.cheaper_provider, exhausted)
         return BudgetDecision(False, None, exhausted)
 
-    def exhausted(self, channel: str, user: str) -> str | None:
-        """Which budget (if any) is spent: `global`, `channel <name>` or `user <name>`."""
+    def exhausted(self, channel: ChannelKey, user: str) -> str | None:
+        """Which budget (if any) is spent: `global`, `channel <domain/name>` or `user <name>`."""
         s = self.settings
         if _spent(self._global, s.daily_budget_usd):
             return "global daily budget spent"
-        if _spent(self._channels.get(channel.lower()), s.channel_daily_budget_usd):
+        if _spent(self._channels.get(channel), s.channel_daily_budget_usd):
             return f"channel {channel} daily budget spent"
         if _spent(self._users.get(user.lower()), s.user_daily_budget_usd):
             return f"user {user} daily budget spent"
@@ -190,7 +194,7 @@ class UsageTracker:
             "day": self._day.isoformat(),
             "global_usd": round(self._global.usd, 6),
             "daily_budget_usd": self.settings.daily_budget_usd,
-            "channels_usd": {k: round(v.usd, 6) for k, v in self._channels.items()},
+            "channels_usd": {str(k): round(v.usd, 6) for k, v in self._channels.items()},
             "users_tracked": len(self._users),
         }
 
@@ -206,7 +210,7 @@ class UsageTracker:
             self._users.clear()
 
     @staticmethod
-    def _entry(table: OrderedDict[str, _Spend], key: str, bound: int) -> _Spend:
+    def _entry(table: OrderedDict[K, _Spend], key: K, bound: int) -> _Spend:
         spend = table.pop(key, None) or _Spend()
         table[key] = spend  # most recently active last
         while len(table) > bound:

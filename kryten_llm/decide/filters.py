@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from kryten_llm.types import ChatLine
+from kryten_llm.types import ChannelKey, ChatLine
 
 SEEN_LINES_MAX = 512
 
@@ -22,7 +22,7 @@ class MessageFilter:
         self.bot_names = {n.lower() for n in bot_names}
         self.ignored_users = {u.lower() for u in ignored_users}
         self.start_ms = start_ms
-        self._seen: OrderedDict[tuple[str, int, str, str], None] = OrderedDict()
+        self._seen: OrderedDict[tuple[ChannelKey, int, str, str], None] = OrderedDict()
 
     def reconfigure(self, bot_names: Iterable[str], ignored_users: Iterable[str]) -> None:
         self.bot_names = {n.lower() for n in bot_names}
@@ -53,7 +53,7 @@ class MessageFilter:
 
     def _replayed(self, line: ChatLine) -> bool:
         """CyTube replays recent lines on every reconnect: the same line twice is a replay."""
-        key = (line.channel.lower(), line.time_ms, line.username, line.text)
+        key = (line.key, line.time_ms, line.username, line.text)
         if key in self._seen:
             return True
         self._seen[key] = None

@@ -1,6 +1,7 @@
 """Rate limiter: decides whether the bot may reply now, and says why not.
 
-Everything is per channel: a bot in two channels has two independent sets of "global" limits.
+Everything is per room (`ChannelKey`: domain and channel): a bot in two channels has two
+independent sets of "global" limits, even when both channels have the same name.
 Within a channel it applies, all at once:
 
 - global: at most `global_max_per_minute` and `global_max_per_hour` replies, and
@@ -13,14 +14,13 @@ Within a channel it applies, all at once:
 Users at or above `admin_min_rank` get cooldowns times `admin_cooldown_multiplier` and limits
 times `admin_limit_multiplier` (a positive limit never drops below 1). A limit of 0 blocks.
 
-Interface::
+Interface (a `Turn` carries the room, user, rank, trigger and the trigger's own limits)::
 
     limiter = RateLimiter(settings.rate_limits, clock=time.monotonic)
-    decision = limiter.check(channel, username, rank, "trigger_word", "movies",
-                             trigger_cooldown_seconds=300, trigger_max_per_hour=10)
+    decision = limiter.check(turn)
     if decision.allowed:
         ...send (or, in dry run, pretend to)...
-        limiter.record(channel, username, rank, "trigger_word", "movies", 300, 10)
+        limiter.record(turn)
 
 `check` never mutates, so it can be asked as often as wanted; `record` is the only thing that
 spends budget and is called when a reply is sent *or would be sent in dry run*, so a dry run
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from kryten_llm.config import RateLimitSettings
-from kryten_llm.types import TriggerKind
+from kryten_llm.types import ChannelKey, Turn
 
 MINUTE_SECONDS = 60.0
 HOUR_SECONDS = 3600.0
@@ -258,13 +258,13 @@ class RateLimiter:
     def __init__(self, settings: RateLimitSettings, clock: Clock = time.monotonic) -> None:
         self._settings = settings
         self._clock = clock
-        self._channels: BoundedStateMap[str, _History] = BoundedStateMap(
+        self._channels: BoundedStateMap[ChannelKey, _History] = BoundedStateMap(
             MAX_TRACKED_CHANNELS, self._channel_expired
         )
-        self._users: BoundedStateMap[tuple[str, str], _History] = BoundedStateMap(
+        self._users: BoundedStateMap[tuple[ChannelKey, str], _History] = BoundedStateMap(
             settings.max_tracked_users, self._user_expired
         )
-        self._triggers: BoundedStateMap[tuple[str, str, str], _History] = BoundedStateMap(
+        self._triggers: BoundedStateMap[tuple[ChannelKey, str, str], _History] = BoundedStateMap(
             MAX_TRACKED_TRIGGERS, self._trigger_expired
         )
 
@@ -279,36 +279,27 @@ class RateLimiter:
 
     # --- deciding ---------------------------------------------------------------------------
 
-    def check(
-        self,
-        channel: str,
-        username: str,
-        rank: float,
-        trigger_kind: TriggerKind,
-        trigger_name: str,
-        trigger_cooldown_seconds: float | None = None,
-        trigger_max_per_hour: int | None = None,
-    ) -> RateDecision:
+    def check(self, turn: Turn) -> RateDecision:
         """May the bot reply to this trigger now? Pure: changes nothing."""
         now = self._clock()
         s = self._settings
-        privileged = rank >= s.admin_min_rank
+        privileged = turn.rank >= s.admin_min_rank
         scale = _Scale(
             cooldown=s.admin_cooldown_multiplier if privileged else 1.0,
             limit=s.admin_limit_multiplier if privileged else 1.0,
         )
         # A key never seen behaves like an empty history: no cooldown, nothing spent.
-        chan = self._channels.get(self._channel_key(channel)) or _History()
-        user = self._users.get(self._user_key(channel, username)) or _History()
-        trig = self._triggers.get(self._trigger_key(channel, trigger_kind, trigger_name))
+        chan = self._channels.get(turn.key) or _History()
+        user = self._users.get(self._user_key(turn)) or _History()
+        trig = self._triggers.get(self._trigger_key(turn))
         blocks = [
             *self._global_blocks(chan, scale, now),
-            *self._user_blocks(user, trigger_kind == "mention", scale, now),
+            *self._user_blocks(user, turn.trigger.kind == "mention", scale, now),
             *_trigger_blocks(
                 trig or _History(),
-                trigger_name,
-                trigger_cooldown_seconds,
-                trigger_max_per_hour,
+                turn.trigger.name,
+                turn.cooldown_seconds,
+                turn.max_per_hour,
                 scale,
                 now,
             ),
@@ -360,33 +351,20 @@ class RateLimiter:
 
     # --- spending ---------------------------------------------------------------------------
 
-    def record(
-        self,
-        channel: str,
-        username: str,
-        rank: float,
-        trigger_kind: TriggerKind,
-        trigger_name: str,
-        trigger_cooldown_seconds: float | None = None,
-        trigger_max_per_hour: int | None = None,
-    ) -> None:
+    def record(self, turn: Turn) -> None:
         """Spend budget for a reply that was sent (or would be, in dry run).
 
-        Takes the same arguments as `check` so a caller can pass one set to both; `rank` and
-        `trigger_max_per_hour` do not change what is recorded.
+        Takes the same turn as `check`; its rank and hourly cap do not change what is recorded.
         """
-        del rank, trigger_max_per_hour
         now = self._clock()
-        self._channels.touch(self._channel_key(channel), _History).add(now)
-        user = self._users.touch(self._user_key(channel, username), _History)
+        self._channels.touch(turn.key, _History).add(now)
+        user = self._users.touch(self._user_key(turn), _History)
         user.add(now)
-        if trigger_kind == "mention":
+        if turn.trigger.kind == "mention":
             user.last_mention = now
-        trig = self._triggers.touch(
-            self._trigger_key(channel, trigger_kind, trigger_name), _History
-        )
+        trig = self._triggers.touch(self._trigger_key(turn), _History)
         trig.add(now)
-        trig.cooldown_seconds = trigger_cooldown_seconds or 0.0
+        trig.cooldown_seconds = turn.cooldown_seconds or 0.0
         for table in (self._channels, self._users, self._triggers):
             table.maybe_prune(now)
 
@@ -415,10 +393,10 @@ class RateLimiter:
         now = self._clock()
         s = self._settings
         channels: dict[str, dict[str, float]] = {}
-        for name, hist in self._channels.items():
+        for key, hist in self._channels.items():
             minute = sum(1 for t in hist.times if t > now - MINUTE_SECONDS)
             hour = sum(1 for t in hist.times if t > now - HOUR_SECONDS)
-            channels[name] = {
+            channels[str(key)] = {
                 "replies_last_minute": minute,
                 "replies_last_hour": hour,
                 "minute_saturation": _saturation(minute, s.global_max_per_minute),
@@ -435,16 +413,12 @@ class RateLimiter:
     # --- keys and expiry --------------------------------------------------------------------
 
     @staticmethod
-    def _channel_key(channel: str) -> str:
-        return channel.lower()[:MAX_KEY_CHARS]
+    def _user_key(turn: Turn) -> tuple[ChannelKey, str]:
+        return (turn.key, turn.username.lower()[:MAX_KEY_CHARS])
 
     @staticmethod
-    def _user_key(channel: str, username: str) -> tuple[str, str]:
-        return (channel.lower()[:MAX_KEY_CHARS], username.lower()[:MAX_KEY_CHARS])
-
-    @staticmethod
-    def _trigger_key(channel: str, kind: str, name: str) -> tuple[str, str, str]:
-        return (channel.lower()[:MAX_KEY_CHARS], kind, name.lower()[:MAX_KEY_CHARS])
+    def _trigger_key(turn: Turn) -> tuple[ChannelKey, str, str]:
+        return (turn.key, turn.trigger.kind, turn.trigger.name.lower()[:MAX_KEY_CHARS])
 
     def _channel_expired(self, hist: _History, now: float) -> bool:
         return now - hist.last >= max(HOUR_SECONDS, self._settings.global_cooldown_seconds)

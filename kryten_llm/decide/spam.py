@@ -1,6 +1,7 @@
 """Spam and bot-loop protection: who is held back, and when the bot itself must go quiet.
 
-Two questions, per channel:
+Two questions, per room (`ChannelKey`: domain and channel, so same-named channels on two
+servers never share counters):
 
 1. *Is this user spamming?* `observe(...)` sees every chat line from a user and returns a
    `SpamVerdict`. Three offences: the same message repeated (more than `repeat_max_identical`
@@ -51,6 +52,7 @@ from typing import Any
 
 from kryten_llm.config import SpamSettings
 from kryten_llm.decide.limits import MAX_KEY_CHARS, MAX_TRACKED_CHANNELS, BoundedStateMap
+from kryten_llm.types import ChannelKey
 
 MESSAGE_HISTORY_MAX = 50
 """Lines remembered per user for flood/repeat detection (more than any sane limit needs)."""
@@ -147,10 +149,10 @@ class SpamGuard:
         self._other_bots = self._bot_set(settings)
         self._window_seconds = _longest_window(settings)
         """Per-line work uses this; computed once per configuration, not per line."""
-        self._users: BoundedStateMap[tuple[str, str], _UserState] = BoundedStateMap(
+        self._users: BoundedStateMap[tuple[ChannelKey, str], _UserState] = BoundedStateMap(
             settings.max_tracked_users, self._user_expired
         )
-        self._channels: BoundedStateMap[str, _ChannelState] = BoundedStateMap(
+        self._channels: BoundedStateMap[ChannelKey, _ChannelState] = BoundedStateMap(
             MAX_TRACKED_CHANNELS, self._channel_expired
         )
 
@@ -175,7 +177,7 @@ class SpamGuard:
 
     def observe(
         self,
-        channel: str,
+        channel: ChannelKey,
         username: str,
         rank: float,
         text: str,
@@ -241,7 +243,9 @@ class SpamGuard:
         state.penalty_until = now + length
         return length
 
-    def penalty_remaining(self, channel: str, username: str, now: float | None = None) -> float:
+    def penalty_remaining(
+        self, channel: ChannelKey, username: str, now: float | None = None
+    ) -> float:
         """Seconds left on a user's penalty (0 if none). Does not change anything."""
         now = self._clock() if now is None else now
         state = self._users.get(self._user_key(channel, username))
@@ -250,13 +254,13 @@ class SpamGuard:
     # --- the bot's own replies --------------------------------------------------------------
 
     def note_chat_line(
-        self, channel: str, username: str, is_bot: bool, now: float | None = None
+        self, channel: ChannelKey, username: str, is_bot: bool, now: float | None = None
     ) -> None:
         """See one chat line of any kind (see "Counting" in the module docstring)."""
         if is_bot or self.is_other_bot(username):
             return
         now = self._clock() if now is None else now
-        state = self._channels.touch(self._channel_key(channel), _ChannelState)
+        state = self._channels.touch(channel, _ChannelState)
         state.lines.append((now, False))
         state.last_activity = now
         if username.lower()[:MAX_KEY_CHARS] != state.streak_user:
@@ -264,10 +268,12 @@ class SpamGuard:
         self._trim_channel(state, now)
         self._channels.maybe_prune(now)
 
-    def check_reply(self, channel: str, username: str, now: float | None = None) -> ReplyDecision:
+    def check_reply(
+        self, channel: ChannelKey, username: str, now: float | None = None
+    ) -> ReplyDecision:
         """May the bot answer `username` in `channel` now? Pure: changes nothing."""
         now = self._clock() if now is None else now
-        state = self._channels.get(self._channel_key(channel)) or _ChannelState()
+        state = self._channels.get(channel) or _ChannelState()
         for check in (self._reply_window_block, self._streak_block, self._share_block):
             blocked = check(state, username, now)
             if blocked is not None:
@@ -275,11 +281,11 @@ class SpamGuard:
         return ReplyDecision(True, REASON_OK, "within reply caps and chat share")
 
     def record_reply(
-        self, channel: str, username: str, parts: int = 1, now: float | None = None
+        self, channel: ChannelKey, username: str, parts: int = 1, now: float | None = None
     ) -> None:
         """Count a reply (sent, or would be in dry run) of `parts` chat lines to `username`."""
         now = self._clock() if now is None else now
-        state = self._channels.touch(self._channel_key(channel), _ChannelState)
+        state = self._channels.touch(channel, _ChannelState)
         user = username.lower()[:MAX_KEY_CHARS]
         state.replies.append(now)
         if user == state.streak_user and self._streak_alive(state, now):
@@ -293,7 +299,9 @@ class SpamGuard:
         self._trim_channel(state, now)
         self._channels.maybe_prune(now)
 
-    def note_extra_bot_lines(self, channel: str, lines: int, now: float | None = None) -> None:
+    def note_extra_bot_lines(
+        self, channel: ChannelKey, lines: int, now: float | None = None
+    ) -> None:
         """Count further chat lines of a reply already recorded with `record_reply`.
 
         The pipeline records a reply when it decides to speak (so a burst cannot slip past the
@@ -302,7 +310,7 @@ class SpamGuard:
         if lines <= 0:
             return
         now = self._clock() if now is None else now
-        state = self._channels.touch(self._channel_key(channel), _ChannelState)
+        state = self._channels.touch(channel, _ChannelState)
         state.lines.extend((now, True) for _ in range(min(lines, 100)))
         self._trim_channel(state, now)
 
@@ -391,11 +399,11 @@ class SpamGuard:
         now = self._clock() if now is None else now
         self.prune(now)
         channels: dict[str, dict[str, float]] = {}
-        for name, state in self._channels.items():
+        for key, state in self._channels.items():
             self._trim_channel(state, now)
             total = len(state.lines)
             bot = sum(1 for _, is_bot in state.lines if is_bot)
-            channels[name] = {
+            channels[str(key)] = {
                 "lines_in_window": total,
                 "bot_lines_in_window": bot,
                 "chat_share": round(bot / total, 4) if total else 0.0,
@@ -430,9 +438,5 @@ class SpamGuard:
         return now - state.last_activity >= horizon
 
     @staticmethod
-    def _channel_key(channel: str) -> str:
-        return channel.lower()[:MAX_KEY_CHARS]
-
-    @staticmethod
-    def _user_key(channel: str, username: str) -> tuple[str, str]:
-        return (channel.lower()[:MAX_KEY_CHARS], username.lower()[:MAX_KEY_CHARS])
+    def _user_key(channel: ChannelKey, username: str) -> tuple[ChannelKey, str]:
+        return (channel, username.lower()[:MAX_KEY_CHARS])

@@ -12,6 +12,10 @@ on subject `kryten.llm.control.<name>` (queue group `q`: with several instances,
 | `pause`  | `{"channel": "name"}` or `{}` (all) | `{"ok": true, "paused": [...]}` |
 | `resume` | `{"channel": "name"}` or `{}` (all) | `{"ok": true, "paused": [...]}` |
 
+A channel is named `domain/name`, or by its bare name when that name is configured on one
+domain only (otherwise the request is a 400 asking for `domain/name`: the same name on two
+servers is two rooms). `paused` lists rooms as `domain/name`.
+
 `reload`, `pause` and `resume` change behaviour and need the configured `control.token`, sent
 as the header `Authorization: Bearer <token>` (`nats req -H 'Authorization:Bearer …'`) or as a
 `"token"` field in the JSON body. With no token configured they are always refused. Errors use
@@ -66,6 +70,10 @@ class UnknownChannel(LookupError):
     """Raised by a pause/resume callback for a channel that is not configured."""
 
 
+class AmbiguousChannel(LookupError):
+    """Raised by a pause/resume callback for a bare name configured on several domains."""
+
+
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
@@ -86,7 +94,7 @@ def parse_body(data: bytes) -> dict[str, Any]:
 
 
 def channel_of(body: Mapping[str, Any]) -> str | None:
-    """`channel` from a pause/resume body; absent or null means every channel."""
+    """`channel` (`name` or `domain/name`) from a pause/resume body; absent or null: all."""
     channel = body.get("channel")
     if channel is None:
         return None
@@ -264,5 +272,9 @@ class ControlService:
             paused = await _maybe_await(callback(channel))
         except UnknownChannel:
             raise ControlError(404, "unknown channel") from None
+        except AmbiguousChannel:
+            raise ControlError(
+                400, "that channel name is configured on several domains: use domain/name"
+            ) from None
         log.info("control: %s %s; paused now: %s", verb, channel or "all channels", sorted(paused))
         return {"ok": True, "paused": sorted(paused)}

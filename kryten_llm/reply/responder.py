@@ -20,7 +20,7 @@ from kryten_llm.llm.manager import LLMManager, LLMUnavailable
 from kryten_llm.reply.formatter import ResponseFormatter, iter_sentences
 from kryten_llm.reply.guard import OutputGuard
 from kryten_llm.reply.validator import ReplyValidator
-from kryten_llm.types import Attempt, LLMRequest, LLMResult
+from kryten_llm.types import Attempt, ChannelKey, LLMRequest, LLMResult, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class ReplyOutcome:
     """What became of one reply, for the log and the caller's bookkeeping."""
 
     sent: list[str] = field(default_factory=list)
-    outcome: str = "sent"
+    outcome: Outcome = "sent"
     reason: str = ""
     result: LLMResult | None = None
     attempts: tuple[Attempt, ...] = ()
@@ -98,7 +98,7 @@ class ReplyOutcome:
 class _Refused(Exception):
     """A chunk the validator or guard would not let through."""
 
-    def __init__(self, outcome: str, reason: str) -> None:
+    def __init__(self, outcome: Outcome, reason: str) -> None:
         super().__init__(reason)
         self.outcome = outcome
         self.reason = reason
@@ -110,7 +110,7 @@ class ReplyContext:
 
     request: LLMRequest
     provider: str | None
-    channel: str
+    channel: ChannelKey
     user_message: str
     send: Send
     outcome: ReplyOutcome = field(default_factory=ReplyOutcome)
@@ -139,7 +139,7 @@ class Responder:
         self,
         request: LLMRequest,
         provider: str | None,
-        channel: str,
+        channel: ChannelKey,
         user_message: str,
         send: Send,
     ) -> ReplyOutcome:

@@ -2,8 +2,10 @@
 
 kryten-py's own throttle is one lock for the whole process (1 s + jitter between any two
 sends), which would make one channel's reply wait for another's. We switch it off and pace
-each channel with a token bucket shaped like CyTube's antiflood instead, and keep the parts of
-one reply together and in order with `split_delay_seconds` between them.
+each room (`ChannelKey`: same-named channels on two servers are two rooms) with a token bucket
+shaped like CyTube's antiflood instead, and keep the parts of one reply together and in order
+with `split_delay_seconds` between them. A reply goes back where its line came from: the
+line's own domain and channel, as the bridge sent them.
 
 `Sender` is what the pipeline needs from whatever puts parts into chat: `ChatSender` here for
 the service, the replay's recorder for `kryten-llm replay`. Both refuse the same parts
@@ -21,6 +23,7 @@ from typing import Protocol
 
 from kryten_llm.config import MessageProcessingSettings
 from kryten_llm.reply.guard import is_command_like
+from kryten_llm.types import ChannelKey, ChatLine
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +39,8 @@ class Sender(Protocol):
         """True when nothing reaches chat, so the bot's lines will not come back as chat."""
         ...
 
-    async def send(
-        self, channel: str, domain: str, parts: Sequence[str], correlation_id: str = ""
-    ) -> list[str]:
-        """Post `parts` in order; return those that were posted (or would have been)."""
+    async def send(self, to: ChatLine, parts: Sequence[str], correlation_id: str = "") -> list[str]:
+        """Post `parts` in order in the room `to` came from; return those posted (or would be)."""
         ...
 
 
@@ -88,15 +89,14 @@ class ChatSender:
         self._send_chat = send_chat
         self.settings = settings
         self.dry_run = dry_run
-        self._outboxes: dict[str, _ChannelOutbox] = {}
+        self._outboxes: dict[ChannelKey, _ChannelOutbox] = {}
 
     def reconfigure(self, settings: MessageProcessingSettings, dry_run: bool) -> None:
         self.settings = settings
         self.dry_run = dry_run
         self._outboxes.clear()  # new pacing applies from the next reply
 
-    def _outbox(self, channel: str) -> _ChannelOutbox:
-        key = channel.lower()
+    def _outbox(self, key: ChannelKey) -> _ChannelOutbox:
         box = self._outboxes.get(key)
         if box is None:
             box = _ChannelOutbox(
@@ -106,15 +106,14 @@ class ChatSender:
             self._outboxes[key] = box
         return box
 
-    async def send(
-        self, channel: str, domain: str, parts: Sequence[str], correlation_id: str = ""
-    ) -> list[str]:
+    async def send(self, to: ChatLine, parts: Sequence[str], correlation_id: str = "") -> list[str]:
         """Publish `parts` in order; return those actually published (or logged, in dry run).
 
         A part that could run as a CyTube command is never handed to the bus (`unsafe_part`).
         """
         sent: list[str] = []
-        box = self._outbox(channel)
+        channel, domain = to.channel, to.domain
+        box = self._outbox(to.key)
         async with box.lock:
             for index, part in enumerate(parts):
                 if unsafe_part(part, self.settings.command_prefixes):

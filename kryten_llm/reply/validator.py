@@ -1,8 +1,9 @@
 """Reply validation: refuse replies that are empty, out of bounds, repetitive or off-topic.
 
 The validator only decides; the caller acts on `refusal_action` (regenerate once, send the
-configured fallback, or stay silent). It remembers the bot's recent replies per channel, in a
-bounded history (at most `history_size` replies for at most `max_channels` channels).
+configured fallback, or stay silent). It remembers the bot's recent replies per room
+(`ChannelKey`), in a bounded history (at most `history_size` replies for at most
+`max_channels` rooms).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Literal
 
 from kryten_llm.config import ValidationSettings
 from kryten_llm.reply._text import utf16_len
+from kryten_llm.types import ChannelKey
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class ReplyValidator:
 
     def __init__(self, settings: ValidationSettings) -> None:
         self._settings = settings
-        self._history: OrderedDict[str, deque[str]] = OrderedDict()
+        self._history: OrderedDict[ChannelKey, deque[str]] = OrderedDict()
         words = [w.strip() for w in settings.blocked_words if w.strip()]
         self._blocked_words = (
             re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.I)
@@ -71,7 +73,7 @@ class ReplyValidator:
         )
         self._blocked_patterns = [re.compile(p, re.IGNORECASE) for p in settings.blocked_patterns]
 
-    def validate(self, channel: str, reply: str, user_message: str = "") -> Verdict:
+    def validate(self, channel: ChannelKey, reply: str, user_message: str = "") -> Verdict:
         """Check, in order: empty, length, blocklist, repetition, relevance."""
         if not self._settings.enabled:
             return Verdict(True)
@@ -80,19 +82,18 @@ class ReplyValidator:
             log.info("reply refused in %s: %s", channel, verdict.reason)
         return verdict
 
-    def remember(self, channel: str, reply: str) -> None:
+    def remember(self, channel: ChannelKey, reply: str) -> None:
         """Record a reply that was sent, for the repetition check (bounded per channel)."""
         size = self._settings.history_size
         normalised = normalise_for_comparison(reply)
         if size == 0 or not normalised:
             return
-        key = channel.lower()
-        history = self._history.get(key)
+        history = self._history.get(channel)
         if history is None:
-            history = self._history[key] = deque(maxlen=size)
+            history = self._history[channel] = deque(maxlen=size)
             while len(self._history) > self._settings.max_channels:
                 self._history.popitem(last=False)
-        self._history.move_to_end(key)
+        self._history.move_to_end(channel)
         history.append(normalised)
 
     def refusal_action(self, regenerated: bool = False) -> RefusalAction:
@@ -111,9 +112,9 @@ class ReplyValidator:
         """The configured fallback text (it must still go through the formatter and guard)."""
         return self._settings.fallback_response
 
-    def history_size(self, channel: str) -> int:
+    def history_size(self, channel: ChannelKey) -> int:
         """How many replies are remembered for `channel` (for tests and diagnostics)."""
-        return len(self._history.get(channel.lower(), ()))
+        return len(self._history.get(channel, ()))
 
     @property
     def channel_count(self) -> int:
@@ -121,7 +122,7 @@ class ReplyValidator:
 
     # --- checks -----------------------------------------------------------------------------------
 
-    def _check(self, channel: str, reply: str, user_message: str) -> Verdict:
+    def _check(self, channel: ChannelKey, reply: str, user_message: str) -> Verdict:
         settings = self._settings
         if not reply:
             return Verdict(False, "empty reply")
@@ -145,9 +146,9 @@ class ReplyValidator:
             return True
         return any(p.search(folded) for p in self._blocked_patterns)
 
-    def _most_similar(self, channel: str, reply: str) -> float | None:
+    def _most_similar(self, channel: ChannelKey, reply: str) -> float | None:
         """The word-level similarity to the first recent reply at or over the threshold."""
-        history = self._history.get(channel.lower())
+        history = self._history.get(channel)
         if not history:
             return None
         normalised = normalise_for_comparison(reply)

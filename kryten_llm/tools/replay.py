@@ -78,6 +78,7 @@ from kryten_llm.tools.transcript import (
     TranscriptFile,
     TranscriptParser,
 )
+from kryten_llm.types import ChatLine, channels_named
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +136,13 @@ class RecordingSender:
         self.clock = clock
         self.lines: list[SentLine] = []
 
-    async def send(
-        self, channel: str, domain: str, parts: Sequence[str], correlation_id: str = ""
-    ) -> list[str]:
+    async def send(self, to: ChatLine, parts: Sequence[str], correlation_id: str = "") -> list[str]:
         sent: list[str] = []
         for part in parts:
             if unsafe_part(part, self.command_prefixes):
-                log.error("replay: refusing unsafe part in %s [%s]", channel, correlation_id)
+                log.error("replay: refusing unsafe part in %s [%s]", to.channel, correlation_id)
                 continue
-            self.lines.append(SentLine(self.clock(), channel, part, correlation_id))
+            self.lines.append(SentLine(self.clock(), to.channel, part, correlation_id))
             sent.append(part)
         return sent
 
@@ -267,14 +266,12 @@ def pick_channel(settings: Settings, name: str | None) -> ChannelSettings:
     channels = settings.channels
     if name is None:
         return channels[0]
-    wanted = name.strip().lower()
-    for channel in channels:
-        if wanted in (channel.channel.lower(), f"{channel.domain}/{channel.channel}".lower()):
-            return channel
+    keys = channels_named(name, [c.key for c in channels])
+    if len(keys) == 1:
+        return next(c for c in channels if c.key == keys[0])
     known = ", ".join(f"{c.domain}/{c.channel}" for c in channels)
-    raise ReplayError(
-        f"channel {name!r} is not in the configuration (configured: {known})", EXIT_USAGE
-    )
+    problem = "is on several domains: use domain/channel" if keys else "is not in the configuration"
+    raise ReplayError(f"channel {name!r} {problem} (configured: {known})", EXIT_USAGE)
 
 
 # --- the replay ----------------------------------------------------------------------------------
