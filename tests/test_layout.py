@@ -22,7 +22,7 @@ BASE = frozenset({"config", "types", "_throttle", "_bus", "logsetup", "redact", 
 """The ground floor: anything may import these, and they import only each other."""
 
 ALLOWED: dict[str, frozenset[str]] = {
-    "config": frozenset({"redact"}),
+    "config": frozenset({"redact", "types"}),
     "types": frozenset(),
     "redact": frozenset(),
     "_throttle": frozenset(),
