@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 MICRO_SERVICE_NAME = "kryten-llm"
 CONTROL_SUBJECT_PREFIX = "kryten.llm.control"
 REQUEST_BYTES_MAX = 4096
-FLUSH_TIMEOUT_SECONDS = 5.0
+FLUSH_TIMEOUT_SECONDS = 5  # nats-py types flush()'s timeout as int
 CHANNEL_CHARS_MAX = 200
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?$")
 
