@@ -137,6 +137,16 @@ def test_gauges_are_read_at_scrape_time() -> None:
     assert value(metrics, "kryten_llm_health_status") == 2
 
 
+def test_response_log_losses_are_counters_read_at_scrape_time() -> None:
+    status = StaticStatus()
+    metrics = Metrics()
+    metrics.attach(status)
+    assert value(metrics, "kryten_llm_response_log_lost_records_total") == 0
+    status.log_status = {"written": 5, "dropped": 2, "lost": 30, "error": "ENOSPC"}
+    assert value(metrics, "kryten_llm_response_log_lost_records_total") == 30
+    assert value(metrics, "kryten_llm_response_log_dropped_records_total") == 2
+
+
 class _RaisingStatus(StaticStatus):
     def queue_depth(self) -> int:
         raise RuntimeError("bug")

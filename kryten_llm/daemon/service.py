@@ -373,6 +373,9 @@ class LLMService:
     def paused_channels(self) -> Collection[str]:
         return sorted(self.pipeline.paused) if self.pipeline else []
 
+    def response_log_status(self) -> Mapping[str, Any]:
+        return {**self.response_log.stats(), "error": self.response_log.failing}
+
     # --- run and stop --------------------------------------------------------------------
 
     def request_stop(self) -> None:

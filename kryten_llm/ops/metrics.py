@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -214,6 +214,17 @@ class Metrics:
             code = BREAKER_CODE.get(str(state.get("state")), 2)
             breakers.add_metric([self._providers(name)], code)
         yield breakers
+        log_state = status.response_log_status()
+        yield _counter(
+            "response_log_dropped_records",
+            "JSONL records dropped because the writer's queue was full.",
+            log_state.get("dropped"),
+        )
+        yield _counter(
+            "response_log_lost_records",
+            "JSONL records the disk refused (full disk, I/O error); none is ever half-written.",
+            log_state.get("lost"),
+        )
         if self._monitor is not None:
             overall = self._monitor.check().status
             yield _gauge(
@@ -223,6 +234,12 @@ class Metrics:
 
 def _gauge(name: str, doc: str, value: float | bool) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=float(value))
+
+
+def _counter(name: str, doc: str, value: object) -> CounterMetricFamily:
+    """A counter kept elsewhere (read at scrape time); anything but a count reads as 0."""
+    number = value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=float(number))
 
 
 class _StatusCollector(Collector):
