@@ -165,8 +165,14 @@ class Pipeline:
 
     # --- decision (synchronous, in event order) ----------------------------------------
 
-    def decide(self, event_name: str, envelope: dict[str, Any]) -> ReplyJob | None:
-        """Update memory from one event and return a job if the bot should answer it."""
+    def decide(
+        self, event_name: str, envelope: dict[str, Any], received_monotonic: float | None = None
+    ) -> ReplyJob | None:
+        """Update memory from one event and return a job if the bot should answer it.
+
+        `received_monotonic` is when NATS delivered the event (the listener's stamp), so the
+        overhead metric includes the time it waited in the inbound queue; None means now.
+        """
         channel = self._channels.get((envelope["domain"], envelope["channel"].lower()))
         if channel is None:
             log.debug(
@@ -177,7 +183,7 @@ class Pipeline:
             return None
         try:
             if event_name == "chatmsg":
-                return self._decide_chat(parse_chat(envelope), channel)
+                return self._decide_chat(parse_chat(envelope, received_monotonic), channel)
             if event_name == "changemedia":
                 self.context.set_video(parse_media(envelope))
             elif event_name in RANK_EVENTS:

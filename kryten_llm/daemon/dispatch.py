@@ -18,7 +18,8 @@ from kryten_llm.pipeline import ReplyJob
 
 log = logging.getLogger(__name__)
 
-Decide = Callable[[str, dict[str, object]], ReplyJob | None]
+Decide = Callable[[str, dict[str, object], float], ReplyJob | None]
+"""`Pipeline.decide(event name, envelope, when NATS delivered it)`."""
 Reply = Callable[[ReplyJob], Awaitable[object]]
 OnDropped = Callable[[ReplyJob], None]
 
@@ -65,7 +66,7 @@ class Dispatcher:
         cid = envelope.get("correlation_id")
         token = correlation_id.set(cid if isinstance(cid, str) else "")
         try:
-            job = self._decide(event_name_of(event.subject), envelope)
+            job = self._decide(event_name_of(event.subject), envelope, event.received_monotonic)
         finally:
             correlation_id.reset(token)
         if job is None:
