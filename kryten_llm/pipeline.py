@@ -407,3 +407,7 @@ class Pipeline:
     def log_dropped(self, job: ReplyJob) -> None:
         """The reply queue was full: the job is dropped, but never unrecorded."""
         self._log(job, "dropped", "reply queue full")
+
+    def log_cancelled(self, job: ReplyJob, reason: str) -> None:
+        """Shutdown cut the job short (in flight or still queued): recorded all the same."""
+        self._log(job, "cancelled", reason)
