@@ -1,13 +1,15 @@
-"""The service when pushed: cut short by SIGTERM, out of disk, behind.
+"""The service when pushed: cut short by SIGTERM, flooded with mentions, out of disk, behind.
 
-Every triggered message still ends in exactly one whole JSONL record, and the overhead metric
-counts the time a line waited in the inbound queue.
+Every triggered message still ends in exactly one whole JSONL record, a flood costs one log
+line per interval instead of one per message, and the overhead metric counts the time a line
+waited in the inbound queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -112,6 +114,38 @@ async def test_sigterm_past_the_grace_period_records_every_reply_it_cuts_short(
     assert sum("before a worker took it" in r for r in reasons) == IN_FLIGHT - WORKERS
     assert f"shutdown cancelled {IN_FLIGHT} reply job(s)" in stderr
     assert bridge.says() == []
+
+
+async def test_a_flood_of_mentions_on_a_full_reply_queue_is_one_warning_and_all_recorded(
+    nats_server: NatsServer,
+    fake_llm: FakeLLM,
+    bridge: Bridge,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flood = 40
+    settings = make_settings(
+        nats_server.url,
+        fake_llm.base_url,
+        message_processing={"workers": 1, "queue_size": 1},
+        service={"shutdown_grace_seconds": 0},
+    )
+    fake_llm.hang(HANG_SECONDS)
+    caplog.set_level(logging.WARNING, logger="kryten_llm.daemon.dispatch")
+    async with running_service(settings) as service:
+        for i in range(flood):
+            await bridge.chat(CHANNEL_A, f"Flooder{i}", f"{BOT} answer me now")
+        await wait_for(lambda: service.dispatcher.dropped >= flood - 2)
+        await asyncio.sleep(0.2)
+        dropped = service.dispatcher.dropped
+        _, text = await scrape(service.metrics_server.port, "/metrics")  # type: ignore[union-attr]
+        assert counter(text, "kryten_llm_held_back_total", reason="dropped") == dropped
+    warnings = [r.getMessage() for r in caplog.records if "reply queue full" in r.getMessage()]
+    assert len(warnings) == 1, warnings[:3]
+    assert "dropped 1 reply job(s) since last report" in warnings[0]
+    outcomes = [r["outcome"] for r in read_records(settings)]
+    assert len(outcomes) == flood, "every triggered message has its one record"
+    assert outcomes.count("dropped") == dropped
+    assert outcomes.count("cancelled") == flood - dropped
 
 
 async def test_the_overhead_metric_includes_the_wait_in_the_inbound_queue(
