@@ -23,10 +23,11 @@ class ThrottledCount:
         self._since_report = 0
         self._last_report: float | None = None
 
-    def note(self, now: float | None = None) -> int | None:
-        """Count one; return how many since the last report when it is time to report."""
-        self.total += 1
-        self._since_report += 1
+    def note(self, now: float | None = None, *, count: int = 1) -> int | None:
+        """Count `count` (one by default, a whole batch when many are lost at once); return
+        how many since the last report when it is time to report."""
+        self.total += count
+        self._since_report += count
         now = self._clock() if now is None else now
         if self._last_report is not None and now - self._last_report < self.interval_seconds:
             return None

@@ -210,8 +210,14 @@ class Pipeline:
 
     # --- decision (synchronous, in event order) ----------------------------------------
 
-    def decide(self, event_name: str, envelope: dict[str, Any]) -> ReplyJob | None:
-        """Update memory from one event and return a job if the bot should answer it."""
+    def decide(
+        self, event_name: str, envelope: dict[str, Any], received_monotonic: float | None = None
+    ) -> ReplyJob | None:
+        """Update memory from one event and return a job if the bot should answer it.
+
+        `received_monotonic` is when NATS delivered the event (the listener's stamp), so the
+        overhead metric includes the time it waited in the inbound queue; None means now.
+        """
         key = ChannelKey(envelope["domain"], envelope["channel"])
         channel = self._channels.get(key)
         if channel is None:
@@ -223,7 +229,7 @@ class Pipeline:
             return None
         try:
             if event_name == "chatmsg":
-                return self._decide_chat(parse_chat(envelope), channel)
+                return self._decide_chat(parse_chat(envelope, received_monotonic), channel)
             if event_name == "changemedia":
                 self.context.set_video(parse_media(envelope))
             elif event_name in RANK_EVENTS:
@@ -434,3 +440,7 @@ class Pipeline:
     def log_dropped(self, job: ReplyJob) -> None:
         """The reply queue was full: the job is dropped, but never unrecorded."""
         self._log(job, "dropped", "reply queue full")
+
+    def log_cancelled(self, job: ReplyJob, reason: str) -> None:
+        """Shutdown cut the job short (in flight or still queued): recorded all the same."""
+        self._log(job, "cancelled", reason)

@@ -21,6 +21,12 @@ Rotation follows `logging.handlers.RotatingFileHandler` naming: when the next li
 file past `max_bytes`, `responses.jsonl` becomes `responses.jsonl.1`, `.1` becomes `.2` ... up
 to `backup_count` (older ones are deleted; 0 keeps none). `max_bytes` 0 never rotates.
 
+A full disk must not corrupt the file: each line is written with `os.write` on an `O_APPEND`
+descriptor and cut off again if it did not land whole, so every line in the file is a whole
+record. Records the disk would not take are counted as `lost` (in `stats()`, the health report
+and the `kryten_llm_response_log_lost_records_total` metric) with at most one warning a minute,
+and writing resumes by itself once there is space again.
+
 Secrets: records are built from data that should hold none, but every string is still passed
 through `SecretScrubber`, which removes the values of the currently configured secrets and
 anything shaped like a common API key or credential (`sk-...`, `Bearer ...`, `AIza...` ...).
@@ -31,9 +37,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -41,7 +49,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, NamedTuple
 
 from kryten_llm._throttle import ThrottledCount
 from kryten_llm.config import ResponseLogSettings
@@ -51,10 +59,13 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX_RECORDS = 500
 DROP_WARNING_INTERVAL_SECONDS = 60.0
+"""At most one warning per this interval for queue drops, and one for records the disk lost."""
 CLOSE_TIMEOUT_SECONDS = 10.0
 MIN_SECRET_CHARS = 6
 """Configured secrets shorter than this are not searched for: they would redact ordinary words."""
 REDACTED = "***redacted***"
+FILE_MODE = 0o666
+"""Permissions for a new log file before the umask (as `open()` uses; the unit sets 0077)."""
 
 REPLY_OUTCOMES: frozenset[Outcome] = frozenset({"sent", "dry_run"})
 """The outcomes that mean the bot answered (or, in dry run, would have)."""
@@ -169,17 +180,37 @@ class ResponseLogError(Exception):
     """The response log cannot be opened (bad path, permissions): a configuration problem."""
 
 
+OsWrite = Callable[[int, memoryview], int]
+"""`os.write`'s shape: bytes in, how many of them reached the file out."""
+
+
+class WriteResult(NamedTuple):
+    """How many lines of a batch are in the file, and why the rest are not (None: all are)."""
+
+    written: int
+    error: OSError | None
+
+
 class RotatingJsonlFile:
     """An append-only file rotated by size, named like RotatingFileHandler's backups.
 
+    Each line goes to the file with `os.write` on an `O_APPEND` descriptor, no buffer in
+    between, and is written whole or not at all: when a write fails or comes up short (a full
+    disk, a quota), whatever part of the line reached the file is cut off again, so the file
+    never holds half a record and the next record starts on a line of its own.
+
     Used from one writer thread at a time; the lock only guards `close` racing a late write.
+    `os_write` is the system call, replaceable so tests can fill the disk.
     """
 
-    def __init__(self, path: Path, max_bytes: int, backup_count: int) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int, backup_count: int, os_write: OsWrite = os.write
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backup_count = backup_count
-        self._file: IO[bytes] | None = None
+        self._os_write = os_write
+        self._fd: int | None = None
         self._size = 0
         self._lock = threading.Lock()
 
@@ -189,29 +220,57 @@ class RotatingJsonlFile:
 
     def _open_locked(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("ab")
-        self._size = self._file.tell()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            self._size = os.fstat(fd).st_size
+            if self._size and os.pread(fd, 1, self._size - 1) != b"\n":
+                # Left by an older version or a crash mid-line: end that line, so our first
+                # record is not glued onto it.
+                self._append(fd, b"\n")
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
 
-    def write_lines(self, lines: list[bytes]) -> None:
+    def write_lines(self, lines: list[bytes]) -> WriteResult:
+        """Append lines in order; stop at the first that cannot be written (none of it stays)."""
+        written = 0
         with self._lock:
-            if self._file is None:
-                self._open_locked()
-            for data in lines:
-                if self._should_rotate(len(data)):
-                    self._rotate_locked()
-                assert self._file is not None
-                self._file.write(data)
-                self._size += len(data)
-            assert self._file is not None
-            self._file.flush()
+            try:
+                if self._fd is None:
+                    self._open_locked()
+                for data in lines:
+                    if self._should_rotate(len(data)):
+                        self._rotate_locked()
+                    assert self._fd is not None
+                    self._append(self._fd, data)
+                    written += 1
+            except OSError as exc:
+                return WriteResult(written, exc)
+        return WriteResult(written, None)
+
+    def _append(self, fd: int, data: bytes) -> None:
+        """One whole line at the end of the file, or nothing (see the class docstring)."""
+        landed = 0
+        view = memoryview(data)
+        try:
+            while landed < len(data):
+                count = self._os_write(fd, view[landed:])
+                if count <= 0:  # a regular file that takes nothing is full
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                landed += count
+        except OSError:
+            if landed:
+                # Measured now, not remembered: the file may have been truncated by others.
+                os.ftruncate(fd, os.fstat(fd).st_size - landed)
+            raise
+        self._size += landed
 
     def _should_rotate(self, incoming: int) -> bool:
         return self.max_bytes > 0 and self._size > 0 and self._size + incoming > self.max_bytes
 
     def _rotate_locked(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._close_locked()
         for index in range(self.backup_count - 1, 0, -1):
             older = self._backup(index)
             if older.exists():
@@ -225,19 +284,19 @@ class RotatingJsonlFile:
     def _backup(self, index: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{index}")
 
+    def _close_locked(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
     def discard(self) -> None:
         """Forget a broken handle so the next write reopens the file."""
-        with self._lock:
-            if self._file is not None:
-                with contextlib.suppress(OSError):
-                    self._file.close()
-            self._file = None
+        with self._lock, contextlib.suppress(OSError):
+            self._close_locked()
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._close_locked()
 
 
 # --- the log ---------------------------------------------------------------------------------
@@ -255,17 +314,24 @@ class ResponseLog:
         settings: ResponseLogSettings,
         secrets: Callable[[], Iterable[str]] = _no_secrets,
         clock: Callable[[], float] = time.monotonic,
+        os_write: OsWrite = os.write,
     ) -> None:
         self._settings = settings
         self._secrets = secrets
         self._clock = clock
-        self._file = RotatingJsonlFile(settings.path, settings.max_bytes, settings.backup_count)
+        self._file = RotatingJsonlFile(
+            settings.path, settings.max_bytes, settings.backup_count, os_write
+        )
         self._queue: asyncio.Queue[ResponseRecord | None] = asyncio.Queue(settings.queue_size)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._drops = ThrottledCount(DROP_WARNING_INTERVAL_SECONDS, clock)
+        self._lost = ThrottledCount(DROP_WARNING_INTERVAL_SECONDS, clock)
+        self._loss_reported = False
         self.written = 0
         self.write_errors = 0
+        self.failing: str | None = None
+        """Why the last write failed (`ENOSPC`, ...) while writing fails; None once it works."""
 
     @property
     def path(self) -> Path:
@@ -311,10 +377,16 @@ class ResponseLog:
                 self.dropped,
             )
 
+    @property
+    def lost(self) -> int:
+        """Records that reached the writer but not the file (disk full, I/O error)."""
+        return self._lost.total
+
     def stats(self) -> dict[str, int]:
         return {
             "written": self.written,
             "dropped": self.dropped,
+            "lost": self.lost,
             "write_errors": self.write_errors,
             "queued": self._queue.qsize(),
         }
@@ -392,16 +464,43 @@ class ResponseLog:
             except (TypeError, ValueError) as exc:
                 self.write_errors += 1
                 log.warning("response log: record not encodable (%s); skipped", type(exc).__name__)
-        try:
-            self._file.write_lines(lines)
-        except OSError as exc:
-            self.write_errors += 1
-            self._file.discard()
-            log.warning(
-                "response log: writing %d record(s) to %s failed: %s",
-                len(lines),
-                self._settings.path,
-                exc.strerror or type(exc).__name__,
-            )
+        written, error = self._file.write_lines(lines)
+        self.written += written
+        if error is None:
+            self._note_recovered()
             return
-        self.written += len(lines)
+        self.write_errors += 1
+        self._file.discard()
+        self._note_lost(len(lines) - written, error)
+
+    def _note_lost(self, count: int, error: OSError) -> None:
+        """Count records the disk would not take; warn at most once per interval, not per batch.
+
+        Runs in the writer thread, the only one that touches this counter.
+        """
+        self.failing = errno.errorcode.get(error.errno or 0) or type(error).__name__
+        since = self._lost.note(count=count)
+        if since is None:
+            return
+        self._loss_reported = True
+        log.warning(
+            "response log: writing to %s failed (%s): %d record(s) lost since the last report, "
+            "%d in total; writing resumes by itself once it can",
+            self._settings.path,
+            error.strerror or self.failing,
+            since,
+            self.lost,
+        )
+
+    def _note_recovered(self) -> None:
+        """Writing works again: one line, and only after a loss was reported."""
+        if self.failing is None:
+            return
+        self.failing = None
+        if self._loss_reported:
+            self._loss_reported = False
+            log.warning(
+                "response log: writing to %s again (%d record(s) lost in total)",
+                self._settings.path,
+                self.lost,
+            )

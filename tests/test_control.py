@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from tests.test_health import StaticStatus
 
 TOKEN = "s3cret-control-token"
 TIMEOUT_SECONDS = 5.0
+BURST_REQUESTS = 50
 
 
 @dataclass
@@ -187,6 +189,25 @@ async def test_unauthorised_reload_is_refused(
         assert error_code(reply_headers) == "401"
         assert TOKEN not in json.dumps(reply_headers)
         assert rig.callbacks.reloads == 0
+
+
+async def test_a_burst_of_bad_tokens_is_one_warning_and_every_refusal_counted(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kryten_llm.ops.control")
+    async with control_rig(nats_server) as rig:
+        for attempt in range(BURST_REQUESTS):
+            _, headers = await rig.ask("reload", {"token": f"guess-{attempt}"})
+            assert error_code(headers) == "401"
+        _, headers = await rig.ask("pause", {"token": TOKEN, "channel": "nowhere"})
+        assert error_code(headers) == "404"
+        assert rig.control.refused == {401: BURST_REQUESTS, 404: 1}
+        assert rig.callbacks.reloads == 0
+    refusals = [r.getMessage() for r in caplog.records if "refused (401)" in r.getMessage()]
+    assert len(refusals) == 1, "one line per interval, not one per attempt"
+    assert "1 such refusal(s) since the last report, 1 in total" in refusals[0]
+    assert sum("refused (404)" in r.getMessage() for r in caplog.records) == 1
+    assert "guess-" not in caplog.text
 
 
 async def test_no_configured_token_refuses_every_mutation(nats_server: NatsServer) -> None:

@@ -33,6 +33,9 @@ class StaticStatus:
         default_factory=lambda: [ChannelSettings(domain="cytu.be", channel="testchan")]
     )
     paused: set[str] = field(default_factory=set)
+    log_status: dict[str, Any] = field(
+        default_factory=lambda: {"written": 0, "dropped": 0, "lost": 0, "error": None}
+    )
 
     def nats_connected(self) -> bool:
         return self.connected
@@ -54,6 +57,9 @@ class StaticStatus:
 
     def paused_channels(self) -> Collection[str]:
         return self.paused
+
+    def response_log_status(self) -> Mapping[str, Any]:
+        return self.log_status
 
 
 class ManagerStatus(StaticStatus):
@@ -143,6 +149,23 @@ def test_paused_channels_are_listed_but_not_unhealthy() -> None:
     report = assess(StaticStatus(paused={"testchan"}))
     assert report.status == "healthy"
     assert report.to_dict()["components"]["channels"]["paused"] == ["testchan"]
+
+
+def test_a_response_log_that_cannot_write_is_degraded_and_its_losses_are_listed() -> None:
+    status = StaticStatus(log_status={"written": 7, "dropped": 1, "lost": 3, "error": "ENOSPC"})
+    report = assess(status)
+    assert report.status == "degraded"
+    assert report.to_dict()["components"]["response_log"] == {
+        "status": "degraded",
+        "written": 7,
+        "dropped": 1,
+        "lost": 3,
+        "reason": "cannot write (ENOSPC); 3 record(s) lost so far",
+    }
+    status.log_status["error"] = None  # space is back: healthy, the count stays
+    report = assess(status)
+    assert report.status == "healthy"
+    assert report.to_dict()["components"]["response_log"]["lost"] == 3
 
 
 def test_raising_getters_degrade_without_leaking_text(caplog: pytest.LogCaptureFixture) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -137,6 +141,16 @@ def test_gauges_are_read_at_scrape_time() -> None:
     assert value(metrics, "kryten_llm_health_status") == 2
 
 
+def test_response_log_losses_are_counters_read_at_scrape_time() -> None:
+    status = StaticStatus()
+    metrics = Metrics()
+    metrics.attach(status)
+    assert value(metrics, "kryten_llm_response_log_lost_records_total") == 0
+    status.log_status = {"written": 5, "dropped": 2, "lost": 30, "error": "ENOSPC"}
+    assert value(metrics, "kryten_llm_response_log_lost_records_total") == 30
+    assert value(metrics, "kryten_llm_response_log_dropped_records_total") == 2
+
+
 class _RaisingStatus(StaticStatus):
     def queue_depth(self) -> int:
         raise RuntimeError("bug")
@@ -208,3 +222,149 @@ def test_metrics_summary_totals_counters_across_labels() -> None:
     assert summary["messages_seen"] == 1.0
     assert summary["held_back"] == 0.0
     assert "llm_latency_seconds" not in summary  # histograms are not headline counters
+
+
+# --- the HTTP endpoint's limits: slow clients, too many clients ------------------------------
+
+SLOW_CLIENTS = 8
+
+
+@asynccontextmanager
+async def guarded_server(**limits: Any) -> AsyncIterator[tuple[MetricsServer, Metrics]]:
+    status = StaticStatus()
+    monitor = HealthMonitor(status)
+    metrics = Metrics()
+    metrics.attach(status, monitor)
+    server = MetricsServer(metrics, monitor, "127.0.0.1", 0, **limits)
+    assert await server.start()
+    try:
+        yield server, metrics
+    finally:
+        await server.stop()
+
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def slowloris(port: int) -> Stream:
+    """A client that starts a request and never finishes its headers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
+    await writer.drain()
+    return reader, writer
+
+
+async def closed_by_server(stream: Stream, within_seconds: float) -> bytes:
+    """What the server sent before it closed the connection; fails if it stays open."""
+    reader, _ = stream
+    try:
+        return await asyncio.wait_for(reader.read(), within_seconds)
+    except ConnectionResetError:
+        return b""
+
+
+async def health_over_new_connection(port: int) -> int:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+        http.get(f"http://127.0.0.1:{port}/health") as resp,
+    ):
+        await resp.read()
+        return resp.status
+
+
+async def keep_alive_request(port: int) -> Stream:
+    """A whole request answered on a connection the client then keeps open."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await asyncio.wait_for(reader.readexactly(length), 5)
+    return reader, writer
+
+
+def close_all(streams: list[Stream]) -> None:
+    for _, writer in streams:
+        writer.close()
+
+
+async def test_slow_headers_are_cut_off_and_health_answers_meanwhile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with guarded_server(header_timeout_seconds=1.0, connections_max=32) as (server, m):
+        assert server.port
+        slow = [await slowloris(server.port) for _ in range(SLOW_CLIENTS)]
+        try:
+            assert await health_over_new_connection(server.port) == 200
+            for stream in slow:
+                assert await closed_by_server(stream, within_seconds=5.0) == b""
+        finally:
+            close_all(slow)
+        assert value(m, "kryten_llm_http_connections_closed_total", reason="header_timeout") == (
+            SLOW_CLIENTS
+        )
+        assert await health_over_new_connection(server.port) == 200
+    timeouts = [r for r in caplog.records if "no complete request head" in r.getMessage()]
+    assert len(timeouts) == 1, "one warning per interval, not one per connection"
+
+
+async def test_a_slow_second_request_on_a_kept_alive_connection_is_cut_off_too() -> None:
+    async with guarded_server(header_timeout_seconds=1.0) as (server, _):
+        assert server.port
+        reader, writer = await keep_alive_request(server.port)
+        try:
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+            await writer.drain()
+            assert await closed_by_server((reader, writer), within_seconds=5.0) == b""
+        finally:
+            writer.close()
+
+
+async def test_idle_keep_alive_connections_are_closed() -> None:
+    async with guarded_server(idle_timeout_seconds=1.0) as (server, _):
+        assert server.port
+        stream = await keep_alive_request(server.port)
+        try:
+            assert await closed_by_server(stream, within_seconds=5.0) == b""
+            assert server.open_connections == 0
+        finally:
+            close_all([stream])
+
+
+async def test_connections_beyond_the_cap_are_closed_and_health_still_answers() -> None:
+    cap = 4
+    async with guarded_server(connections_max=cap) as (server, m):
+        assert server.port
+        slow = [await slowloris(server.port) for _ in range(cap)]
+        try:
+            # The limit is reached by clients that never finish: a new one still gets in,
+            # and the oldest of them makes room.
+            assert await health_over_new_connection(server.port) == 200
+            assert await closed_by_server(slow[0], within_seconds=5.0) == b""
+            assert server.open_connections <= cap
+            assert value(m, "kryten_llm_http_connections_closed_total", reason="evicted") == 1
+        finally:
+            close_all(slow)
+        await wait_until(lambda: server.open_connections == 0)
+        # Every slot held by a client that was just answered: the next one is refused.
+        kept = [await keep_alive_request(server.port) for _ in range(cap)]
+        try:
+            extra = await slowloris(server.port)
+            answer = await closed_by_server(extra, within_seconds=5.0)
+            assert answer.startswith(b"HTTP/1.1 503")
+            close_all([extra])
+            assert server.open_connections == cap
+            assert value(m, "kryten_llm_http_connections_closed_total", reason="refused") == 1
+        finally:
+            close_all(kept)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)

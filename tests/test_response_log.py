@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -305,3 +311,161 @@ async def test_close_before_start_and_double_close_are_harmless(tmp_path: Path) 
     await log.close()
     await log.close()
     assert not log.path.exists()
+
+
+# --- a full disk -------------------------------------------------------------------------------
+
+
+class FullDisk:
+    """`os.write` on a disk with `free` bytes left: a short write, then ENOSPC, as Linux does."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.calls = 0
+
+    def __call__(self, fd: int, data: memoryview) -> int:
+        self.calls += 1
+        if self.free <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        landed = os.write(fd, data[: self.free])
+        self.free -= landed
+        return landed
+
+
+async def settled(log: ResponseLog, records: int, timeout: float = 10.0) -> None:
+    """Until the writer has dealt with `records` records (written or lost)."""
+    deadline = time.monotonic() + timeout
+    while log.written + log.lost < records:
+        assert time.monotonic() < deadline, f"writer stuck: {log.stats()}"
+        await asyncio.sleep(0.01)
+
+
+def whole_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of the file as JSON; fails on a half-written or glued-together record."""
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), "the file ends in the middle of a record"
+    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
+
+
+async def test_a_full_disk_loses_whole_records_counts_them_and_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = FullDisk(free=10**9)
+    log = ResponseLog(settings(tmp_path), os_write=disk)
+    await log.start()
+    caplog.set_level(logging.WARNING, logger="kryten_llm.response_log")
+    for i in range(5):
+        log.write(record(i))
+    await settled(log, 5)
+    disk.free = 100  # less than one record: the next write lands partly, then ENOSPC
+    for i in range(100, 130):  # one batch each: the disk refuses every one of them
+        log.write(record(i))
+        await settled(log, 5 + i - 99)
+    assert log.lost == 30 and log.stats()["lost"] == 30
+    assert log.failing == "ENOSPC"
+    assert disk.calls >= 30, "every batch tried the disk again"
+    disk.free = 10**9  # space is back
+    for i in range(200, 203):
+        log.write(record(i))
+    await log.close()
+    assert log.failing is None
+    rows = whole_lines(log.path)
+    expected = [f"id-{i}" for i in (0, 1, 2, 3, 4, 200, 201, 202)]
+    assert [r["correlation_id"] for r in rows] == expected
+    assert log.written == 8 and log.lost == 30
+    lost_lines = [r for r in caplog.records if "lost since the last report" in r.getMessage()]
+    assert len(lost_lines) == 1, "one warning per interval, not one per batch"
+    assert "No space left on device" in lost_lines[0].getMessage()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("writing to" in m and "again" in m for m in messages) == 1
+
+
+async def test_losses_are_reported_again_after_the_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    disk = FullDisk(free=0)
+    log = ResponseLog(settings(tmp_path), clock=lambda: now[0], os_write=disk)
+    await log.start()
+    caplog.set_level(logging.WARNING, logger="kryten_llm.response_log")
+    for i in range(4):
+        log.write(record(i))
+        await settled(log, i + 1)
+    now[0] += 61
+    log.write(record(9))
+    await settled(log, 5)
+    await log.close()
+    messages = [r.getMessage() for r in caplog.records]
+    reports = [m for m in messages if "lost since the last report" in m]
+    assert len(reports) == 2
+    assert "4 record(s) lost since the last report, 5 in total" in reports[1]
+    assert log.path.read_bytes() == b""
+
+
+async def test_a_partial_line_left_by_a_crash_is_ended_before_the_next_record(
+    tmp_path: Path,
+) -> None:
+    path = settings(tmp_path).path
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'{"timestamp":"2026-11-22T02:10:38.071Z","chan')
+    log = ResponseLog(settings(tmp_path))
+    await log.start()
+    log.write(record(1))
+    await log.close()
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 2
+    assert json.loads(lines[1])["correlation_id"] == "id-1"
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 16 KiB filesystem; skipped where mounting is not permitted (not root, a sandbox)."""
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=10)
+
+
+def fill(directory: Path) -> Path:
+    """Take every free byte of the filesystem with one file."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"x" * 1024)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+async def test_a_real_full_filesystem_keeps_the_jsonl_parseable(tiny_tmpfs: Path) -> None:
+    log = ResponseLog(ResponseLogSettings(path=tiny_tmpfs / "responses.jsonl"))
+    await log.start()
+    for i in range(3):
+        log.write(record(i))
+    await settled(log, 3)
+    filler = fill(tiny_tmpfs)  # what is left is the rest of the log file's last page
+    for i in range(100, 140):
+        log.write(record(i, message="x" * 200))
+        await settled(log, 3 + i - 99)
+    assert log.lost > 0, "the filesystem filled up"
+    assert log.failing == "ENOSPC"
+    filler.unlink()  # space is back
+    for i in range(200, 203):
+        log.write(record(i))
+    await log.close()
+    rows = whole_lines(log.path)
+    assert len(rows) == log.written == 46 - log.lost
+    assert [r["correlation_id"] for r in rows[-3:]] == ["id-200", "id-201", "id-202"]

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from kryten_llm._throttle import ThrottledCount
 from kryten_llm.daemon.listener import InboundEvent
 from kryten_llm.events import MalformedEvent, decode_envelope
 from kryten_llm.logsetup import correlation_id
@@ -18,7 +19,11 @@ from kryten_llm.pipeline import ReplyJob
 
 log = logging.getLogger(__name__)
 
-Decide = Callable[[str, dict[str, object]], ReplyJob | None]
+DROP_LOG_INTERVAL_SECONDS = 5.0
+"""At most one "reply queue full" warning per this interval; every drop is still counted."""
+
+Decide = Callable[[str, dict[str, object], float], ReplyJob | None]
+"""`Pipeline.decide(event name, envelope, when NATS delivered it)`."""
 Reply = Callable[[ReplyJob], Awaitable[object]]
 OnDropped = Callable[[ReplyJob], None]
 
@@ -48,6 +53,7 @@ class Dispatcher:
         self._worker_count = workers
         self.replies: asyncio.Queue[ReplyJob] = asyncio.Queue(maxsize=reply_queue_size)
         self._tasks: list[asyncio.Task[None]] = []
+        self._drops = ThrottledCount(DROP_LOG_INTERVAL_SECONDS)
         self.busy_workers = 0
 
     def start(self) -> None:
@@ -65,7 +71,7 @@ class Dispatcher:
         cid = envelope.get("correlation_id")
         token = correlation_id.set(cid if isinstance(cid, str) else "")
         try:
-            job = self._decide(event_name_of(event.subject), envelope)
+            job = self._decide(event_name_of(event.subject), envelope, event.received_monotonic)
         finally:
             correlation_id.reset(token)
         if job is None:
@@ -73,15 +79,29 @@ class Dispatcher:
         try:
             self.replies.put_nowait(job)
         except asyncio.QueueFull:
+            self._note_drop(job)
+            if self._on_dropped is not None:
+                self._on_dropped(job)
+
+    @property
+    def dropped(self) -> int:
+        """Reply jobs dropped because the reply queue was full, since start."""
+        return self._drops.total
+
+    def _note_drop(self, job: ReplyJob) -> None:
+        """A flood of mentions must not become a flood of log lines: count each, warn rarely."""
+        since = self._drops.note()
+        if since is not None:
             log.warning(
-                "reply queue full (%d): dropping reply to %s in %s [%s]",
+                "reply queue full (%d): dropped %d reply job(s) since last report, %d in total; "
+                "latest to %s in %s [%s]",
                 self.replies.maxsize,
+                since,
+                self.dropped,
                 job.line.username,
                 job.line.channel,
                 job.correlation_id,
             )
-            if self._on_dropped is not None:
-                self._on_dropped(job)
 
     async def _dispatch_loop(self) -> None:
         while True:

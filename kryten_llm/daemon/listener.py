@@ -35,6 +35,7 @@ class InboundEvent:
     subject: str
     data: bytes
     received_monotonic: float
+    """When NATS delivered it; carried to the pipeline, so time spent queued counts too."""
 
 
 class MessageListener:

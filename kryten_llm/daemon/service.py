@@ -1,15 +1,20 @@
 """Thin wiring: connect to NATS through kryten-py, build the pipeline, run until told to stop.
 
-Start order is chosen so nothing is lost and nothing half-starts: HTTP session and client
-first, then the pipeline and its workers, then the subscriptions (so the first event already
-has somewhere to go), then the bus presence, and systemd's READY=1 last. Stop order is the
-reverse, with a bounded grace period for replies already in flight and exactly one
-lifecycle shutdown event (published by kryten-py's disconnect).
+Start order is chosen so nothing is lost and nothing half-starts: the response log, HTTP
+session and client first, then the pipeline and its workers, then the subscriptions (so the
+first event already has somewhere to go), then the bus presence, and systemd's READY=1 last.
+Each part's stop goes onto one `AsyncExitStack` the moment the part has started, so stopping
+is unwinding that stack: always the exact reverse of start, and only of what did start (a
+start that fails or is interrupted half-way unwinds just as cleanly). Unwinding gives replies
+in flight a bounded grace period, records every reply it then cuts short as `cancelled`
+before the response log closes, and publishes exactly one lifecycle shutdown event (kryten-py's
+disconnect).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -35,7 +40,7 @@ from kryten_llm.ops.control import AmbiguousChannel, ControlService, UnknownChan
 from kryten_llm.ops.discovery import Announcer, lifecycle_service_config
 from kryten_llm.ops.health import HealthMonitor
 from kryten_llm.ops.metrics import Metrics, MetricsServer, metrics_summary
-from kryten_llm.pipeline import Pipeline
+from kryten_llm.pipeline import Pipeline, ReplyJob
 from kryten_llm.reply.sender import ChatSender
 from kryten_llm.response_log import ResponseLog
 from kryten_llm.types import ChannelKey, channels_named
@@ -86,7 +91,20 @@ def kryten_config(settings: Settings, log_level: str) -> dict[str, Any]:
 
 
 class LLMService:
-    """One process serving every configured channel; also the health `StatusSource`."""
+    """One process serving every configured channel; also the health `StatusSource`.
+
+    The parts annotated below exist once `start()` has built them; `control` and
+    `metrics_server` stay None when configured off.
+    """
+
+    client: Client
+    session: aiohttp.ClientSession
+    llm: LLMManager
+    sender: ChatSender
+    pipeline: Pipeline
+    listener: MessageListener
+    dispatcher: Dispatcher
+    announcer: Announcer
 
     def __init__(
         self,
@@ -101,22 +119,19 @@ class LLMService:
         self.force_dry_run = force_dry_run
         self.start_ms = int(time.time() * 1000)
         self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
         self._stopped = False
+        self._cancelled = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.client: Client | None = None
-        self.session: aiohttp.ClientSession | None = None
-        self.listener: MessageListener | None = None
-        self.dispatcher: Dispatcher | None = None
-        self.pipeline: Pipeline | None = None
-        self.llm: LLMManager | None = None
-        self.sender: ChatSender | None = None
         self.response_log = ResponseLog(
             settings.response_log, secrets=lambda: configured_secrets(self.settings)
         )
         self.metrics = Metrics()
         self.monitor = HealthMonitor(self)
         self.notifier = SystemdNotifier()
-        self.announcer: Announcer | None = None
+        self._exit = contextlib.AsyncExitStack()
+        """Each started part's stop, in start order; `stop()` unwinds it."""
+        self._exit.push_async_callback(self.notifier.close)  # the very last thing to close
         self.control: ControlService | None = None
         self.metrics_server: MetricsServer | None = None
         self.pipeline_options: dict[str, Any] = {}
@@ -129,22 +144,30 @@ class LLMService:
     # --- start ---------------------------------------------------------------------------
 
     async def start(self) -> bool:
-        """Start everything; False if told to stop while still waiting for NATS."""
+        """Start everything; False if told to stop while still waiting for NATS.
+
+        Whatever has started when this returns or raises is stopped by `stop()`.
+        """
         settings = self.settings
+        stack = self._exit
         await self.response_log.start()
+        stack.push_async_callback(self.response_log.close)
         self.client = Client(
             kryten_config(settings, self.log_level), logger=logging.getLogger("kryten")
         )
         apply_level(self.log_level)  # kryten-py just reset its logger's level to its own
+        stack.push_async_callback(self._disconnect)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=HTTP_CONNECTIONS_MAX)
         )
+        stack.push_async_callback(self.session.close)
+        stack.push_async_callback(self._cancel_tasks)  # they may use the session and client
         if not await self._connect(self.client):
             return False
         self.pipeline = self._build_pipeline(settings, self.session)
         await self._load_bridge_state(self.pipeline)
         self._start_workers(settings, self.client, self.pipeline)
-        assert self.listener is not None
+        stack.push_async_callback(self.listener.stop)
         await self.listener.start()
         await self._start_presence(settings)
         channels = ", ".join(f"{c.domain}/{c.channel}" for c in settings.channels)
@@ -152,6 +175,7 @@ class LLMService:
         log.info("kryten-llm %s ready on %s%s", __version__, channels, note)
         self.notifier.ready(f"serving {channels}")
         self.notifier.start_watchdog()
+        self._ready.set()
         self._track(self._check_providers())
         return True
 
@@ -208,20 +232,52 @@ class LLMService:
         )
 
     def _start_workers(self, settings: Settings, client: Any, pipeline: Pipeline) -> None:
+        """The dispatcher and reply workers, ready before any subscription can feed them."""
         processing = settings.message_processing
         self.listener = MessageListener(client, settings.channels, processing.inbound_queue_size)
         self.dispatcher = Dispatcher(
             self.listener.queue,
             pipeline.decide,
-            pipeline.reply,
+            self._reply,
             workers=processing.workers,
             reply_queue_size=processing.queue_size,
             on_dropped=pipeline.log_dropped,
         )
         self.dispatcher.start()
+        self._exit.push_async_callback(self._stop_workers)
+
+    async def _reply(self, job: ReplyJob) -> list[str]:
+        """A worker's reply; one that shutdown cancels still gets its JSONL record."""
+        try:
+            return await self.pipeline.reply(job)
+        except asyncio.CancelledError:
+            self._cancelled += 1
+            self.pipeline.log_cancelled(job, "cut short by shutdown while the reply was in flight")
+            raise
+
+    async def _stop_workers(self) -> None:
+        """Let replies in flight finish within the grace period, then cancel them.
+
+        Every job cut short, in flight or still waiting for a worker, is recorded as
+        `cancelled`; the response log closes after this, so those records reach the disk.
+        """
+        grace = self.settings.service.shutdown_grace_seconds
+        if not await self.dispatcher.drain(grace):
+            log.warning("in-flight replies did not finish within %gs; cancelling them", grace)
+        await self.dispatcher.stop()
+        while not self.dispatcher.replies.empty():
+            job = self.dispatcher.replies.get_nowait()
+            self._cancelled += 1
+            self.pipeline.log_cancelled(job, "cut short by shutdown before a worker took it")
+        if self._cancelled:
+            log.warning(
+                "shutdown cancelled %d reply job(s); each is in the response log as cancelled",
+                self._cancelled,
+            )
 
     async def _start_presence(self, settings: Settings) -> None:
         """Discovery and heartbeats, the control micro service, and /metrics + /health."""
+        stack = self._exit
         self.metrics.attach(self, self.monitor)
         self.announcer = Announcer(
             self.client,
@@ -233,6 +289,7 @@ class LLMService:
             heartbeat_interval_seconds=settings.service.heartbeat_interval_seconds,
             instance_id=settings.service.instance_id,
         )
+        stack.push_async_callback(self.announcer.stop)
         await self.announcer.start()
         if settings.control.enabled:
             token = settings.control.token
@@ -248,11 +305,13 @@ class LLMService:
                 on_resume=self.resume,
                 status_extra=lambda: metrics_summary(self.metrics),
             )
+            stack.push_async_callback(self.control.stop)
             await self.control.start()
         if settings.metrics.enabled:
             self.metrics_server = MetricsServer(
                 self.metrics, self.monitor, settings.metrics.host, settings.metrics.port
             )
+            stack.push_async_callback(self.metrics_server.stop)
             await self.metrics_server.start()
 
     async def _load_bridge_state(self, pipeline: Pipeline) -> None:
@@ -271,34 +330,38 @@ class LLMService:
 
     async def _check_providers(self) -> None:
         """Log each provider's availability; a provider that is down stops nothing."""
-        if self.llm is not None:
-            await self.llm.check_all()
+        await self.llm.check_all()
 
     async def _send_chat(self, channel: str, domain: str, text: str) -> object:
-        assert self.client is not None
         return await self.client.send_chat(channel, text, domain=domain)
 
     def _on_budget_event(self, event: BudgetEvent) -> None:
         """Budget thresholds go to the log and the bus (published off the hot path)."""
         log.warning("budget: %s", event)
-        if self.client is not None:
-            payload = {"service": SERVICE_NAME, **dict(event)}
-            self._track(self.client.publish(BUDGET_SUBJECT, payload))
+        payload = {"service": SERVICE_NAME, **dict(event)}
+        self._track(self.client.publish(BUDGET_SUBJECT, payload))
 
     def _track(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     # --- control: reload, pause, resume --------------------------------------------------
 
     async def reload(self) -> dict[str, object]:
-        """Re-read the config; apply it atomically or keep the old one (raises ConfigError)."""
+        """Re-read the config; apply it atomically or keep the old one (raises ConfigError).
+
+        Only once started (a SIGHUP during start-up waits for that, see `reload_from_signal`).
+        """
         plan = load_for_reload(self.config_path, self.settings, self.force_dry_run)
-        if self.pipeline is not None and self.llm is not None and self.sender is not None:
-            self.pipeline.apply(plan.settings)  # builds everything first; may raise
-            self.llm.reconfigure(plan.settings.llm_providers, plan.settings.llm_manager)
-            self.sender.reconfigure(plan.settings.message_processing, plan.settings.testing.dry_run)
+        self.pipeline.apply(plan.settings)  # builds everything first; may raise
+        self.llm.reconfigure(plan.settings.llm_providers, plan.settings.llm_manager)
+        self.sender.reconfigure(plan.settings.message_processing, plan.settings.testing.dry_run)
         self.settings = plan.settings
         log.info("configuration reloaded: applied %s", ", ".join(plan.applied) or "no changes")
         if plan.restart_required:
@@ -309,6 +372,7 @@ class LLMService:
         return plan.summary()
 
     async def reload_from_signal(self) -> None:
+        await self._ready.wait()  # a SIGHUP during start-up applies once everything is built
         self.notifier.reloading()
         try:
             await self.reload()
@@ -340,13 +404,11 @@ class LLMService:
 
     def pause(self, channel: str | None) -> Collection[str]:
         """Stop answering in a channel (or all); it is still heard and remembered."""
-        assert self.pipeline is not None
         self.pipeline.paused.update(self._channel_keys(channel))
         log.warning("paused: %s", ", ".join(self.paused_channels()))
         return self.paused_channels()
 
     def resume(self, channel: str | None) -> Collection[str]:
-        assert self.pipeline is not None
         self.pipeline.paused.difference_update(self._channel_keys(channel))
         log.warning("resumed; paused now: %s", ", ".join(self.paused_channels()) or "none")
         return self.paused_channels()
@@ -357,17 +419,14 @@ class LLMService:
         return really_connected(self.client)
 
     def provider_states(self) -> Mapping[str, Mapping[str, Any]]:
-        return self.llm.breaker_states() if self.llm is not None else {}
+        return self.llm.breaker_states()
 
     def limiter_saturation(self) -> float:
         """The hourly reply budget used, worst channel first (a spent minute is routine)."""
-        if self.pipeline is None:
-            return 0.0
         return float(self.pipeline.limiter.stats()["max_hour_saturation"])
 
     def queue_depth(self) -> int:
-        inbound = self.listener.queue.qsize() if self.listener else 0
-        return inbound + (self.dispatcher.replies.qsize() if self.dispatcher else 0)
+        return self.listener.queue.qsize() + self.dispatcher.replies.qsize()
 
     def queue_capacity(self) -> int:
         processing = self.settings.message_processing
@@ -378,7 +437,10 @@ class LLMService:
 
     def paused_channels(self) -> list[str]:
         """Paused rooms as `domain/channel`, sorted."""
-        return sorted(str(key) for key in self.pipeline.paused) if self.pipeline else []
+        return sorted(str(key) for key in self.pipeline.paused)
+
+    def response_log_status(self) -> Mapping[str, Any]:
+        return {**self.response_log.stats(), "error": self.response_log.failing}
 
     # --- run and stop --------------------------------------------------------------------
 
@@ -395,36 +457,22 @@ class LLMService:
         await self._stop.wait()
 
     async def stop(self) -> None:
-        """Stop listening, let in-flight replies finish briefly, then close everything once."""
+        """Stop, once, everything that started, in reverse order (see the module docstring)."""
         if self._stopped:
             return
         self._stopped = True
         log.info("shutting down")
         self.notifier.stopping()
-        grace = self.settings.service.shutdown_grace_seconds
-        if self.listener is not None:
-            await self.listener.stop()
-        if self.dispatcher is not None:
-            if not await self.dispatcher.drain(grace):
-                log.warning("in-flight replies did not finish within %.0fs; cancelling them", grace)
-            await self.dispatcher.stop()
-        for component in (self.announcer, self.control, self.metrics_server):
-            if component is not None:
-                await component.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.client is not None:
-            KRYTEN_NOISE.shutting_down = True  # the disconnect that follows is intended
-            try:
-                await self.client.disconnect(reason="shutdown")  # the one shutdown event
-            finally:
-                KRYTEN_NOISE.shutting_down = False
-        if self.session is not None:
-            await self.session.close()
-        await self.response_log.close()
-        await self.notifier.close()
+        await self._exit.aclose()
         log.info("stopped")
+
+    async def _disconnect(self) -> None:
+        """Close NATS; kryten-py publishes the one lifecycle shutdown event as it does."""
+        KRYTEN_NOISE.shutting_down = True  # the disconnect that follows is intended
+        try:
+            await self.client.disconnect(reason="shutdown")
+        finally:
+            KRYTEN_NOISE.shutting_down = False
 
 
 async def run_service(

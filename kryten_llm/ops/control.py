@@ -40,6 +40,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from kryten_llm._bus import raw_nats
+from kryten_llm._throttle import ThrottledCount
 from kryten_llm.config import ConfigError
 from kryten_llm.ops.health import HealthMonitor, StatusSource
 
@@ -50,6 +51,8 @@ CONTROL_SUBJECT_PREFIX = "kryten.llm.control"
 REQUEST_BYTES_MAX = 4096
 FLUSH_TIMEOUT_SECONDS = 5  # nats-py takes whole seconds
 CHANNEL_CHARS_MAX = 200
+REFUSAL_LOG_INTERVAL_SECONDS = 10.0
+"""At most one warning per error code per this interval: anyone on the bus can be refused."""
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?$")
 
 Reload = Callable[[], Awaitable[Mapping[str, Any]] | Mapping[str, Any]]
@@ -158,6 +161,12 @@ class ControlService:
         self._status_extra = status_extra
         self._started_monotonic = time.monotonic()
         self._service: Service | None = None
+        self._refusals: dict[int, ThrottledCount] = {}
+
+    @property
+    def refused(self) -> dict[int, int]:
+        """Requests refused since start, by error code (401 unauthorised, ...)."""
+        return {code: count.total for code, count in self._refusals.items()}
 
     @property
     def service_id(self) -> str | None:
@@ -209,7 +218,7 @@ class ControlService:
             try:
                 answer = await handler(request)
             except ControlError as exc:
-                log.warning("control %s refused (%d): %s", name, exc.code, exc.description)
+                self._note_refusal(name, exc)
                 await request.respond_error(str(exc.code), exc.description)
                 return
             except Exception as exc:
@@ -219,6 +228,24 @@ class ControlService:
             await request.respond(json.dumps(answer, default=str).encode("utf-8"))
 
         return run
+
+    def _note_refusal(self, endpoint: str, exc: ControlError) -> None:
+        """Count every refusal; warn once per code per interval, so a client hammering the
+        endpoints with bad tokens cannot turn each attempt into a log line."""
+        counter = self._refusals.get(exc.code)
+        if counter is None:  # error codes are a fixed handful: this stays small
+            counter = self._refusals[exc.code] = ThrottledCount(REFUSAL_LOG_INTERVAL_SECONDS)
+        since = counter.note()
+        if since is not None:
+            log.warning(
+                "control %s refused (%d): %s (%d such refusal(s) since the last report, "
+                "%d in total)",
+                endpoint,
+                exc.code,
+                exc.description,
+                since,
+                counter.total,
+            )
 
     def _authorise(self, request: Request) -> dict[str, Any]:
         body = parse_body(request.data)

@@ -18,6 +18,9 @@ Rules (each component gets `ok`, `degraded` or `failing`; the overall state is t
 - **queue**: events waiting at or above `QUEUE_DEGRADED_FRACTION` of capacity -> `degraded`
   (the bot is falling behind; at capacity new events are dropped).
 - **channels**: paused channels are listed but do not change the verdict: a pause is deliberate.
+- **response_log**: records written, dropped (queue full) and lost (the disk refused them) are
+  listed; while writing fails (a full disk) -> `degraded`, and `ok` again as soon as a write
+  works. Lost records stay counted, so the count tells an operator what the outage cost.
 - A getter that raises makes its component `degraded` with the exception class named (never its
   text), so a bug in a status getter cannot crash a heartbeat or hide the rest of the report.
 """
@@ -87,6 +90,11 @@ class StatusSource(Protocol):
 
     def paused_channels(self) -> Collection[str]:
         """Channels currently paused through the control endpoint."""
+        ...
+
+    def response_log_status(self) -> Mapping[str, Any]:
+        """`ResponseLog.stats()` (written, dropped, lost, ...) plus `error`: the errno name
+        while writing fails (`ENOSPC`), else None."""
         ...
 
 
@@ -213,6 +221,26 @@ def channels_component(source: StatusSource) -> Component:
     return Component("ok", {"configured": configured, "paused": paused})
 
 
+RESPONSE_LOG_COUNTS = ("written", "dropped", "lost")
+
+
+def response_log_component(source: StatusSource) -> Component:
+    try:
+        state = dict(source.response_log_status())
+    except Exception as exc:
+        return _probe_failed("response_log", exc)
+    detail = {name: _count(state.get(name)) for name in RESPONSE_LOG_COUNTS}
+    error = state.get("error")
+    if error:
+        why = f"cannot write ({str(error)[:40]}); {detail['lost']} record(s) lost so far"
+        return Component("degraded", detail, why)
+    return Component("ok", detail)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def assess(source: StatusSource) -> HealthReport:
     """Apply the rules in the module docstring; never raises."""
     components: dict[str, Component] = {"nats": nats_component(source)}
@@ -220,6 +248,7 @@ def assess(source: StatusSource) -> HealthReport:
     components["rate_limiter"] = limiter_component(source)
     components["queue"] = queue_component(source)
     components["channels"] = channels_component(source)
+    components["response_log"] = response_log_component(source)
     worst = max(_RANK[c.status] for c in components.values())
     return HealthReport(_OVERALL[worst], components)
 
