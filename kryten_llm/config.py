@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from kryten_llm.redact import MARKER, redact_text
 from kryten_llm.types import ChannelKey
 
 ENV_PREFIX = "KRYTEN_LLM_"
@@ -776,11 +777,15 @@ class ConfigError(Exception):
 
 
 _SECRET_NAME = re.compile(r"(api_?key|token|password|secret|authorization)(?!_env)", re.I)
-REDACTED = "***redacted***"
+REDACTED = MARKER
 
 
 def redact(value: Any, key: str = "") -> Any:
-    """Replace anything that sits under a secret-looking key, at any depth."""
+    """Mask anything under a secret-looking key, at any depth; redact every other string.
+
+    A secret under an innocent key (a key pasted into `base_url`, a token in a URL) is still
+    caught by the process-wide redactor: configured secrets and key shapes.
+    """
     if key and _SECRET_NAME.search(key):
         return REDACTED if value not in (None, "") else value
     if isinstance(value, dict):
@@ -789,6 +794,8 @@ def redact(value: Any, key: str = "") -> Any:
         return [redact(v, key) for v in value]
     if isinstance(value, SecretStr):
         return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
     return value
 
 
@@ -803,7 +810,7 @@ def _describe(error: dict[str, Any]) -> str:
     shown = redact(error.get("input"), key)
     if error["type"] == "missing":
         return f"{path}: required field is missing"
-    message = error["msg"].removeprefix("Value error, ")
+    message = redact_text(error["msg"].removeprefix("Value error, "))
     return f"{path}: {message} (got {_short(shown)})"
 
 

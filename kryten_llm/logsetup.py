@@ -6,6 +6,9 @@ LLM attempts, guard, sender) carries the same id without each call site passing 
 
 kryten-py calls `setLevel()` on its own logger with its config's level when a client is
 built, which would override the operator's `--log-level`; `apply_level` re-asserts it.
+
+Every line, text or JSON, passes `RedactFilter` first: configured secrets and key-shaped
+strings never reach the log, whoever logged them (us, kryten-py, nats-py, aiohttp).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from kryten_llm.redact import redact_text
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s%(cid_suffix)s"
 QUIET_LIBRARIES = ("aiohttp.access", "asyncio")
@@ -34,6 +39,33 @@ class CorrelationFilter(logging.Filter):
         return True
 
 
+class RedactFilter(logging.Filter):
+    """Redacts the message (with its arguments merged in), the traceback and the stack.
+
+    The message is formatted once here and the record keeps the result with no arguments, so
+    the formatter does not format it again: the hot path pays one redaction scan per line
+    (which skips its regular expressions for most lines, see `kryten_llm.redact`).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # bad arguments: show the template, never the raw arguments
+            message = f"{record.msg} (log arguments could not be formatted)"
+        record.msg, record.args = redact_text(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True
+
+
+_TRACEBACKS = logging.Formatter()
+"""Formats tracebacks for `RedactFilter` exactly as the handler's formatter would."""
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: what log shippers (journald, Loki, ELK) ingest directly.
 
@@ -50,7 +82,9 @@ class JsonFormatter(logging.Formatter):
         cid = getattr(record, "correlation_id", "")
         if cid:
             entry["correlation_id"] = cid
-        if record.exc_info:
+        if record.exc_text:  # already formatted (and redacted) by RedactFilter
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
 
@@ -85,6 +119,7 @@ logging.getLogger("kryten").addFilter(KRYTEN_NOISE)
 def setup_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(CorrelationFilter())
+    handler.addFilter(RedactFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]

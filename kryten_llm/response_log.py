@@ -28,8 +28,9 @@ and the `kryten_llm_response_log_lost_records_total` metric) with at most one wa
 and writing resumes by itself once there is space again.
 
 Secrets: records are built from data that should hold none, but every string is still passed
-through `SecretScrubber`, which removes the values of the currently configured secrets and
-anything shaped like a common API key or credential (`sk-...`, `Bearer ...`, `AIza...` ...).
+through the process-wide redactor (`kryten_llm.redact`), which removes the values of the
+configured secrets (plus any `secrets` given here) and anything shaped like a common API key or
+credential (`sk-...`, `Bearer ...`, `AIza...` ...).
 """
 
 from __future__ import annotations
@@ -40,9 +41,7 @@ import dataclasses
 import errno
 import json
 import logging
-import math
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -53,6 +52,7 @@ from typing import Any, NamedTuple
 
 from kryten_llm._throttle import ThrottledCount
 from kryten_llm.config import ResponseLogSettings
+from kryten_llm.redact import Redactor, current
 from kryten_llm.types import Attempt, Outcome
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,6 @@ BATCH_MAX_RECORDS = 500
 DROP_WARNING_INTERVAL_SECONDS = 60.0
 """At most one warning per this interval for queue drops, and one for records the disk lost."""
 CLOSE_TIMEOUT_SECONDS = 10.0
-MIN_SECRET_CHARS = 6
-"""Configured secrets shorter than this are not searched for: they would redact ordinary words."""
-REDACTED = "***redacted***"
 FILE_MODE = 0o666
 """Permissions for a new log file before the umask (as `open()` uses; the unit sets 0077)."""
 
@@ -111,62 +108,15 @@ class ResponseRecord:
         return {"timestamp": data.pop("timestamp"), **data}
 
 
-# --- scrubbing -------------------------------------------------------------------------------
-
-_KEY_SHAPES = re.compile(
-    r"""
-      \bsk-[A-Za-z0-9][A-Za-z0-9_\-]{15,}             # OpenAI, OpenRouter, Anthropic (sk-ant-)
-    | \b[Bb]earer\s+[A-Za-z0-9._~+/=\-]{12,}            # HTTP bearer credentials
-    | \bBasic\s+[A-Za-z0-9+/]{16,}={0,2}               # HTTP basic credentials
-    | \bAIza[0-9A-Za-z_\-]{30,}                       # Google / Gemini
-    | \bgh[pousr]_[A-Za-z0-9]{30,}                    # GitHub tokens
-    | \bxox[abprs]-[A-Za-z0-9\-]{10,}                 # Slack tokens
-    | \b(?:hf|gsk|xai)[_-][A-Za-z0-9]{20,}            # Hugging Face, Groq, xAI
-    | (?i:\b(?:api[_-]?key|access[_-]?token|secret|password)\b["']?\s*[:=]\s*["']?)[^\s"',;]{4,}
-    """,
-    re.VERBOSE,
-)
-
-
-class SecretScrubber:
-    """Removes configured secret values and key-shaped strings from any JSON-like value.
-
-    `secrets` is called each time (so a hot-reloaded key is covered at once); values shorter
-    than `MIN_SECRET_CHARS` are ignored. Non-finite floats become None so every line is valid
-    JSON.
-    """
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        cleaned = {s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET_CHARS}
-        # Longest first, so a secret containing another is removed whole.
-        self._secrets = sorted(cleaned, key=len, reverse=True)
-
-    def scrub_text(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return _KEY_SHAPES.sub(REDACTED, text)
-
-    def scrub(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.scrub_text(value)
-        if isinstance(value, dict):
-            return {str(k): self.scrub(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.scrub(v) for v in value]
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return value
-
-
-def encode_record(record: ResponseRecord, scrubber: SecretScrubber) -> bytes:
+def encode_record(record: ResponseRecord, redactor: Redactor) -> bytes:
     """One JSONL line with its newline, as UTF-8.
 
     JSON escapes line breaks and control characters (and we escape U+2028/2029), so a record is
     always one line, even for `str.splitlines`; a lone
-    surrogate (possible in hostile text) cannot be UTF-8 and becomes `?`.
+    surrogate (possible in hostile text) cannot be UTF-8 and becomes `?`. Every string is
+    redacted, and non-finite floats become null, so every line is valid JSON.
     """
-    data = scrubber.scrub(record.to_dict())
+    data = redactor.value(record.to_dict())
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
     # U+2028/2029 are valid in JSON strings but break tools that split lines on them.
     text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
@@ -450,17 +400,18 @@ class ResponseLog:
         try:
             return list(self._secrets())
         except Exception:
-            # A broken secrets source must not stop logging; key shapes are still scrubbed.
-            log.exception("response log: the secrets source failed; scrubbing key shapes only")
+            # A broken secrets source must not stop logging; the registered secrets and the key
+            # shapes are still scrubbed.
+            log.exception("response log: the secrets source failed; scrubbing the rest")
             return []
 
     def _write_batch(self, batch: list[ResponseRecord], secrets: list[str]) -> None:
         """Runs in a worker thread: encode, scrub, append, rotate."""
-        scrubber = SecretScrubber(secrets)
+        redactor = current().with_secrets(secrets) if secrets else current()
         lines = []
         for record in batch:
             try:
-                lines.append(encode_record(record, scrubber))
+                lines.append(encode_record(record, redactor))
             except (TypeError, ValueError) as exc:
                 self.write_errors += 1
                 log.warning("response log: record not encodable (%s); skipped", type(exc).__name__)

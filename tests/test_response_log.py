@@ -19,13 +19,9 @@ from typing import Any
 import pytest
 
 from kryten_llm.config import ResponseLogSettings
-from kryten_llm.response_log import (
-    REDACTED,
-    ResponseLog,
-    ResponseLogError,
-    ResponseRecord,
-    SecretScrubber,
-)
+from kryten_llm.redact import MARKER as REDACTED
+from kryten_llm.redact import set_secrets
+from kryten_llm.response_log import ResponseLog, ResponseLogError, ResponseRecord
 from kryten_llm.types import Attempt
 
 
@@ -197,10 +193,27 @@ async def test_a_failing_secrets_source_still_scrubs_key_shapes(
     assert "secrets source failed" in caplog.text
 
 
-def test_scrubber_leaves_ordinary_chat_alone() -> None:
-    scrubber = SecretScrubber(["hunter2secret"])
-    for text in ["task-force-assemble-everyone-now", "Basic instinct is a movie", "bearer bonds"]:
-        assert scrubber.scrub_text(text) == text
+async def test_registered_secrets_are_scrubbed_without_being_passed(tmp_path: Path) -> None:
+    """The service registers its secrets once (`set_secrets`); the log needs no list of its own."""
+    set_secrets(["registered-secret-value"])
+    try:
+        log = ResponseLog(settings(tmp_path))
+        await log.start()
+        log.write(record(1, message="leaking registered-secret-value here"))
+        await log.close()
+    finally:
+        set_secrets([])
+    assert read_all(log.path)[0]["message"] == f"leaking {REDACTED} here"
+
+
+async def test_ordinary_chat_is_logged_unchanged(tmp_path: Path) -> None:
+    texts = ["task-force-assemble-everyone-now", "Basic instinct is a movie", "bearer bonds"]
+    log = ResponseLog(settings(tmp_path), secrets=lambda: ["hunter2secret"])
+    await log.start()
+    for i, text in enumerate(texts):
+        log.write(record(i, message=text))
+    await log.close()
+    assert [row["message"] for row in read_all(log.path)] == texts
 
 
 class SlowLog(ResponseLog):

@@ -41,6 +41,7 @@ from kryten_llm.ops.discovery import Announcer, lifecycle_service_config
 from kryten_llm.ops.health import HealthMonitor
 from kryten_llm.ops.metrics import Metrics, MetricsServer, metrics_summary
 from kryten_llm.pipeline import Pipeline, ReplyJob
+from kryten_llm.redact import redact_value, set_secrets, url_password
 from kryten_llm.reply.sender import ChatSender
 from kryten_llm.response_log import ResponseLog
 from kryten_llm.types import ChannelKey, channels_named
@@ -56,8 +57,16 @@ BUDGET_SUBJECT = "kryten.service.budget"
 
 
 def configured_secrets(settings: Settings) -> list[str]:
-    """Every secret value in play, so the response log can scrub them wherever they appear."""
-    secrets = [p.resolve_api_key() for p in settings.llm_providers.values()]
+    """Every secret value in play, registered with the redactor so none leaves the process.
+
+    API keys (env or inline), every `extra_headers` value (headers are where credentials go),
+    passwords in provider and NATS URLs, the NATS password and token, the control token.
+    """
+    secrets: list[str | None] = []
+    for provider in settings.llm_providers.values():
+        secrets += [provider.resolve_api_key(), url_password(provider.base_url)]
+        secrets += provider.extra_headers.values()
+    secrets += [url_password(url) for url in settings.nats.server_list()]
     for secret in (settings.nats.password, settings.nats.token, settings.control.token):
         if secret is not None:
             secrets.append(secret.get_secret_value())
@@ -123,9 +132,7 @@ class LLMService:
         self._stopped = False
         self._cancelled = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.response_log = ResponseLog(
-            settings.response_log, secrets=lambda: configured_secrets(self.settings)
-        )
+        self.response_log = ResponseLog(settings.response_log)
         self.metrics = Metrics()
         self.monitor = HealthMonitor(self)
         self.notifier = SystemdNotifier()
@@ -150,6 +157,7 @@ class LLMService:
         """
         settings = self.settings
         stack = self._exit
+        set_secrets(configured_secrets(settings))
         await self.response_log.start()
         stack.push_async_callback(self.response_log.close)
         self.client = Client(
@@ -338,7 +346,7 @@ class LLMService:
     def _on_budget_event(self, event: BudgetEvent) -> None:
         """Budget thresholds go to the log and the bus (published off the hot path)."""
         log.warning("budget: %s", event)
-        payload = {"service": SERVICE_NAME, **dict(event)}
+        payload = redact_value({"service": SERVICE_NAME, **dict(event)})
         self._track(self.client.publish(BUDGET_SUBJECT, payload))
 
     def _track(self, coroutine: Any) -> None:
@@ -363,6 +371,7 @@ class LLMService:
         self.llm.reconfigure(plan.settings.llm_providers, plan.settings.llm_manager)
         self.sender.reconfigure(plan.settings.message_processing, plan.settings.testing.dry_run)
         self.settings = plan.settings
+        set_secrets(configured_secrets(plan.settings))
         log.info("configuration reloaded: applied %s", ", ".join(plan.applied) or "no changes")
         if plan.restart_required:
             log.warning(

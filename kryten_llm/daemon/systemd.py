@@ -6,7 +6,8 @@ and, with `WatchdogSec=`, `WATCHDOG_USEC` (and `WATCHDOG_PID`). We send datagram
 - `READY=1` once the service is subscribed and can answer (systemd then reports it started);
 - `WATCHDOG=1` every half watchdog interval, from a task on the running event loop: if the loop
   stalls (a blocking call, a busy loop), the pings stop and systemd kills and restarts us;
-- `STOPPING=1` when shutdown begins; `STATUS=...` free text for `systemctl status`.
+- `STOPPING=1` when shutdown begins; `STATUS=...` free text for `systemctl status`, which any
+  local user can read: every datagram is redacted (a NATS URL may carry a password).
 
 Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op. Sending never blocks and never
 raises: a full or vanished socket is logged at debug level and skipped.
@@ -20,6 +21,8 @@ import os
 import socket
 import time
 from collections.abc import Mapping
+
+from kryten_llm.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ class SystemdNotifier:
             if self._socket is None:
                 self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._socket.setblocking(False)
-            self._socket.sendto(state.encode("utf-8"), self._address)
+            self._socket.sendto(redact_text(state).encode("utf-8"), self._address)
         except OSError as exc:  # includes BlockingIOError: never wait on systemd
             if not self._failing:
                 log.warning("systemd: notify %r failed: %s", state.split("=", 1)[0], exc)

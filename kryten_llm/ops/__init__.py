@@ -1,5 +1,5 @@
 """How the service shows itself: health rules, metrics, discovery and heartbeats, control.
 
 Each part is fed by the daemon or the pipeline and never calls back into them. It may import
-`config`, `types`, `_bus` and `_throttle`.
+`config`, `types`, `redact`, `_bus` and `_throttle`.
 """

@@ -43,6 +43,7 @@ from kryten_llm._bus import raw_nats
 from kryten_llm._throttle import ThrottledCount
 from kryten_llm.config import ConfigError
 from kryten_llm.ops.health import HealthMonitor, StatusSource
+from kryten_llm.redact import redact_text, redact_value
 
 log = logging.getLogger(__name__)
 
@@ -212,20 +213,23 @@ class ControlService:
     def _guarded(
         self, name: str, handler: Callable[[Request], Awaitable[dict[str, Any]]]
     ) -> Callable[[Request], Awaitable[None]]:
-        """Answer every request exactly once: JSON on success, a safe micro error otherwise."""
+        """Answer every request exactly once: JSON on success, a safe micro error otherwise.
+
+        Answers and error descriptions are redacted (a reload error quotes the config file).
+        """
 
         async def run(request: Request) -> None:
             try:
                 answer = await handler(request)
             except ControlError as exc:
                 self._note_refusal(name, exc)
-                await request.respond_error(str(exc.code), exc.description)
+                await request.respond_error(str(exc.code), redact_text(exc.description))
                 return
             except Exception as exc:
                 log.error("control %s failed", name, exc_info=exc)
                 await request.respond_error("500", f"{name} failed ({exc.__class__.__name__})")
                 return
-            await request.respond(json.dumps(answer, default=str).encode("utf-8"))
+            await request.respond(json.dumps(redact_value(answer)).encode("utf-8"))
 
         return run
 

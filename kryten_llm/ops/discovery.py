@@ -30,6 +30,7 @@ from typing import Any
 from kryten_llm._bus import raw_nats
 from kryten_llm.config import MetricsSettings, ServiceSettings
 from kryten_llm.ops.health import HealthMonitor, StatusSource
+from kryten_llm.redact import redact_value
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,12 @@ class Announcer:
         await self._publish(HEARTBEAT_SUBJECT, self.heartbeat_payload())
 
     async def _publish(self, subject: str, payload: dict[str, Any]) -> None:
-        """Publish, never raise: a lost announcement must not take a callback or loop down."""
+        """Publish, never raise: a lost announcement must not take a callback or loop down.
+
+        The payload is redacted: it carries config (channels, instance id) and health text.
+        """
         try:
-            await self._client.publish(subject, payload)
+            await self._client.publish(subject, redact_value(payload))
         except Exception as exc:
             log.warning("could not publish %s: %s", subject, exc.__class__.__name__)
 

@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from kryten_llm._throttle import ThrottledCount
 from kryten_llm.ops.health import OVERALL_CODE, HealthMonitor, StatusSource
+from kryten_llm.redact import redact_value
 from kryten_llm.types import Attempt
 
 log = logging.getLogger(__name__)
@@ -389,7 +390,7 @@ class MetricsServer:
     async def _handle_health(self, request: web.Request) -> web.Response:
         report = self._monitor.check()
         return web.json_response(
-            report.to_dict(), status=503 if report.status == "failing" else 200
+            redact_value(report.to_dict()), status=503 if report.status == "failing" else 200
         )
 
 

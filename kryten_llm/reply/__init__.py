@@ -1,5 +1,5 @@
 """What the bot says: the prompt, streaming the answer into chat lines, and the checks on them.
 
 prompts -> responder (formatter -> validator -> guard) -> sender. It may import `llm/`,
-`config`, `types` and `context`; never decide, ops, daemon or tools.
+`config`, `types`, `context` and `redact`; never decide, ops, daemon or tools.
 """

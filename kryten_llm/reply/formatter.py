@@ -18,6 +18,7 @@ import unicodedata
 from collections.abc import Iterator
 
 from kryten_llm.config import MessageProcessingSettings, PersonalitySettings
+from kryten_llm.redact import redact_text
 from kryten_llm.reply._text import (
     collapse_whitespace,
     controls_to_spaces,
@@ -75,8 +76,12 @@ class ResponseFormatter:
         self._artifacts = [re.compile(p, re.IGNORECASE) for p in processing.artifact_patterns]
 
     def format(self, text: str) -> list[str]:
-        """Clean, then split. An empty list means nothing worth saying was left."""
-        return self.split(self.clean(text))
+        """Clean, redact, then split. An empty list means nothing worth saying was left.
+
+        Redacting before the split matters: a secret glued inside a word too long for a line
+        would be cut in two, and neither half would be recognised afterwards.
+        """
+        return self.split(redact_text(self.clean(text)))
 
     def clean(self, text: str) -> str:
         """Cleanup only; keeps single newlines (paragraph breaks) for `split` to use."""

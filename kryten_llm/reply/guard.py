@@ -6,6 +6,8 @@ turning control characters into spaces and trimming; other bots in a channel rea
 
 1. normalises it (NFKC, control characters to spaces, invisible characters removed, whitespace
    collapsed), and publishes the *normalised* text, so what was checked is what is sent;
+   then replaces configured secrets and key-shaped strings (`kryten_llm.redact`), before any
+   re-split could cut one in two;
 2. applies the blocklist (block the reply, or redact the match) and the link policy;
 3. re-splits any part over the length limit (so unformatted text is safe too);
 4. neutralises command-like parts by **dropping** the leading command characters (and any
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from kryten_llm.config import MessageProcessingSettings, SafetySettings
+from kryten_llm.redact import has_secret, redact_text
 from kryten_llm.reply._text import (
     collapse_whitespace,
     controls_to_spaces,
@@ -219,7 +222,7 @@ class OutputGuard:
             if not isinstance(part, str):  # a caller bug must not become a crash or a post
                 self._decide(decisions, "dropped", f"part is {type(part).__name__}, not text")
                 continue
-            text = normalise_part(part)
+            text = self._redact(normalise_part(part), decisions)
             text, block_reason = self._apply_blocklist(text, decisions)
             if block_reason is None:
                 text, block_reason = self._apply_link_policy(text, decisions)
@@ -232,6 +235,13 @@ class OutputGuard:
         return GuardResult(parts=published, decisions=decisions, blocked=False)
 
     # --- steps ----------------------------------------------------------------------------------
+
+    def _redact(self, text: str, decisions: list[GuardDecision]) -> str:
+        """Secrets and key shapes out: a model quoting its own key must not post it."""
+        cleaned = redact_text(text)
+        if cleaned != text:
+            self._decide(decisions, "redacted", "secret or key-shaped text")
+        return cleaned
 
     def _apply_blocklist(self, text: str, decisions: list[GuardDecision]) -> tuple[str, str | None]:
         """Block the reply, or redact the matches, per `blocked_action`."""
@@ -331,7 +341,7 @@ class OutputGuard:
             if not text:
                 self._decide(decisions, "dropped", "part empty after cleaning")
                 continue
-            if utf16_len(text) > limit or is_command_like(text, self._prefixes):
+            if utf16_len(text) > limit or is_command_like(text, self._prefixes) or has_secret(text):
                 self._decide(decisions, "dropped", "part failed the final check")
                 log.warning("output guard dropped a part that failed its final check")
                 continue

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kryten_llm.config import MessageProcessingSettings
+from kryten_llm.redact import has_secret
 from kryten_llm.reply.guard import is_command_like
 from kryten_llm.types import ChannelKey, ChatLine
 
@@ -45,11 +46,12 @@ class Sender(Protocol):
 
 
 def unsafe_part(part: str, command_prefixes: Sequence[str]) -> bool:
-    """True for a part that must never reach chat: blank, or one CyTube could run as a command.
+    """True for a part that must never reach chat: blank, one CyTube could run as a command,
+    or one holding a configured secret or a key-shaped string.
 
     The last line of defence, independent of the formatter and guard.
     """
-    return not part.strip() or is_command_like(part, command_prefixes)
+    return not part.strip() or is_command_like(part, command_prefixes) or has_secret(part)
 
 
 class TokenBucket:

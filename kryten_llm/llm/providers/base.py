@@ -22,8 +22,10 @@ Failure kinds (`ProviderError.kind`, also the `Attempt.outcome` the manager reco
   whatever host the redirect names. It is a configuration error (fix `base_url`): not
   retryable, and reported naming the target host.
 
-Secrets: the resolved API key only ever goes into request headers; every error detail is
-scrubbed of it before a `ProviderError` is built, so it cannot reach logs or attempt records.
+Secrets: the resolved API key only ever goes into request headers; every error detail passes
+the process-wide redactor (`kryten_llm.redact`: every configured secret, plus this provider's
+own key and `extra_headers` values, and anything key-shaped) before a `ProviderError` is
+built, so a server echoing a credential cannot put it into logs or attempt records.
 """
 
 from __future__ import annotations
@@ -41,13 +43,16 @@ from yarl import URL
 
 from kryten_llm.config import ProviderSettings
 from kryten_llm.llm.providers._sse import SSEEvent, ndjson_lines, sse_events
+from kryten_llm.redact import redact_text
 from kryten_llm.types import LLMRequest, LLMResult
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 """A completion body larger than this is a broken or hostile server, not a chat reply."""
 ERROR_EXCERPT_CHARS = 200
-REDACTED_KEY = "***"
+EXCERPT_REDACT_SLACK_CHARS = 4096
+"""How far past the cut an excerpt is redacted: longer than any realistic credential (a JWT
+included), so none straddles the final cut, and still cheap to scan."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +130,12 @@ def redirect_target(resp: aiohttp.ClientResponse) -> str | None:
 
 
 def error_excerpt(body: str, limit: int = ERROR_EXCERPT_CHARS) -> str:
-    """A short, single-line excerpt of an error body, safe to log."""
-    return " ".join(body.split())[:limit]
+    """A short, single-line excerpt of an error body, safe to log.
+
+    Redacted before it is cut, so a secret straddling the cut cannot leave its first half.
+    """
+    window = " ".join(body.split())[: limit + EXCERPT_REDACT_SLACK_CHARS]
+    return redact_text(window)[:limit]
 
 
 def error_message(body: str) -> str:
@@ -328,11 +337,11 @@ class Provider(ABC):
                     return False, self._redirect_error(resp.status, target).detail
                 body = await read_bounded(resp)
                 if resp.status >= 400:
-                    return False, self.scrub(f"http_{resp.status}: {error_message(body)}")
+                    return False, self.redact(f"http_{resp.status}: {error_message(body)}")
         except TimeoutError:
             return False, f"timeout: no answer within {timeout_seconds:g}s"
         except aiohttp.ClientConnectorError as exc:
-            return False, self.scrub(f"connect: {exc.os_error}")
+            return False, self.redact(f"connect: {exc.os_error}")
         except (aiohttp.ClientError, ValueError) as exc:
             return False, f"network: {exc.__class__.__name__}"
         try:
@@ -343,15 +352,14 @@ class Provider(ABC):
             return True, f"reachable, but model {self.model!r} is not in its models list"
         return True, "reachable" + (f", model {self.model!r} listed" if listed else "")
 
-    def scrub(self, text: str) -> str:
-        """`text` with the API key (if any) replaced, for anything that may be logged."""
-        key = self.settings.resolve_api_key()
-        if key and len(key) >= 4:
-            text = text.replace(key, REDACTED_KEY)
-        return text
+    def redact(self, text: str) -> str:
+        """`text` fit to log: this provider's own key and header values are always covered,
+        even before (or without) the service registering the configured secrets."""
+        own = [self.settings.resolve_api_key(), *self.settings.extra_headers.values()]
+        return redact_text(text, also=own)
 
     def _error(self, kind: str, detail: str, **kwargs: Any) -> ProviderError:
-        return ProviderError(self.name, kind, self.scrub(detail), **kwargs)
+        return ProviderError(self.name, kind, self.redact(detail), **kwargs)
 
     def _http_error(
         self, status: int, reason: str | None, body: str, headers: Any
