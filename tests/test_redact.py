@@ -44,7 +44,7 @@ from kryten_llm.redact import (
 from kryten_llm.reply.formatter import ResponseFormatter
 from kryten_llm.reply.guard import OutputGuard
 from kryten_llm.reply.sender import ChatSender, unsafe_part
-from kryten_llm.types import ChatMessage, LLMRequest
+from kryten_llm.types import ChatLine, ChatMessage, LLMRequest
 from tests.support import fake_providers as fp
 from tests.support.fake_providers import FakeProvider
 from tests.test_systemd import FakeSystemd, wait_until
@@ -394,7 +394,7 @@ async def test_the_sender_refuses_a_part_holding_a_secret(registered: None) -> N
     processing = MessageProcessingSettings(split_delay_seconds=0)
     sender = ChatSender(send_chat, processing, dry_run=False)
     parts = ["fine", "leaks hunter2secret", f"leaks {KEY_SHAPES['github']}", "fine too"]
-    sent = await sender.send("lounge", "cytu.be", parts)
+    sent = await sender.send(ChatLine("lounge", "cytu.be", "alice", "bot?", 0), parts)
     assert sent == posted == ["fine", "fine too"]
     assert unsafe_part("leaks hunter2secret", ["/"])
 
