@@ -15,6 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,62 @@ async def test_two_writers_on_two_connections_lose_no_update(nats_server: NatsSe
     assert sorted(items) == sorted([f"a{i}" for i in range(50)] + [f"b{i}" for i in range(50)])
     # Each writer's own items stay in its order.
     assert [x for x in items if x[0] == "a"] == [f"a{i}" for i in range(50)]
+
+
+def sneak_in(url: str, bucket: str, key: str, data: bytes) -> None:
+    """Another writer's put, finished before this returns (from inside an update's function).
+
+    It runs on its own connection in a thread, so it lands exactly between the update's
+    read and its write: the race the compare-and-set exists for, made deterministic.
+    """
+
+    async def put() -> None:
+        nc = await nats.connect(url)
+        try:
+            await (await nc.jetstream(timeout=5).key_value(bucket)).put(key, data)
+        finally:
+            await nc.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, put()).result(timeout=10)
+
+
+async def test_a_write_between_read_and_write_is_never_overwritten(
+    nats_server: NatsServer,
+) -> None:
+    prefix = new_prefix()
+    key = StateKey.of("list")
+    async with store_on(nats_server.url, fast(prefix)) as store:
+        items = store.bucket("race", list[str])
+        await store.start()
+        await items.put(key, ["first"])
+        seen: list[list[str] | None] = []
+
+        def append(value: list[str] | None) -> list[str]:
+            seen.append(value)
+            if len(seen) == 1:
+                sneak_in(nats_server.url, items.name, key.encoded, b'["first","other"]')
+            return [*(value or []), "mine"]
+
+        assert await items.update(key, append) == ["first", "other", "mine"]
+        assert seen == [["first"], ["first", "other"]]
+
+        # A delete is checked the same way: the newer value is seen, not deleted unseen.
+        seen.clear()
+
+        def drop_unless_changed(value: list[str] | None) -> list[str] | None:
+            seen.append(value)
+            if len(seen) == 1:
+                sneak_in(nats_server.url, items.name, key.encoded, b'["newer"]')
+                return None
+            return value
+
+        assert await items.update(key, drop_unless_changed) == ["newer"]
+        assert await items.get(key) == ["newer"]
+
+        # A key some other program wrote, which this layer never makes, is left out.
+        sneak_in(nats_server.url, items.name, "=_w", b"[]")
+        assert await items.keys() == [key]
 
 
 async def test_an_update_that_keeps_losing_fails_loudly_and_loses_nothing_silently(
