@@ -661,6 +661,43 @@ class ControlSettings(Section):
     )
 
 
+class StateSettings(Section):
+    """Durable state (memory, personas, history) in NATS JetStream key-value buckets."""
+
+    enabled: bool = True
+    """Keep state in JetStream KV; false keeps it in this process's memory only (lost on exit)."""
+    bucket_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = Field(
+        "kryten_llm_",
+        description="Bucket names are this plus the purpose (`kryten_llm_memory`); two "
+        "deployments sharing one NATS server need different prefixes.",
+    )
+    history: Annotated[int, Field(ge=1, le=64)] = 1
+    """Revisions JetStream keeps per key (1: only the latest); applied to existing buckets."""
+    replicas: Annotated[int, Field(ge=1, le=5)] = 1
+    """Copies of each bucket; more than 1 needs a JetStream cluster of at least that size."""
+    max_value_bytes: Annotated[int, Field(ge=1024, le=1_048_576)] = Field(
+        262_144,
+        description="Largest stored value (JSON); must fit the server's max_payload (1 MiB "
+        "by default). Larger values are refused, in memory as in KV.",
+    )
+    operation_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        2.0,
+        description="Timeout of every JetStream call; one that times out turns durable state "
+        "off until a retry succeeds.",
+    )
+    update_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        20,
+        description="Tries of one revision-checked update when other writers keep winning, "
+        "before it fails.",
+    )
+    retry_initial_seconds: Annotated[float, Field(gt=0, le=600)] = 1.0
+    """First wait before reconnecting to JetStream after it failed; doubles per failure."""
+    retry_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Longest wait between reconnection attempts."""
+    memory_max_keys: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
+    """Keys kept per bucket while in memory (least recently used dropped first)."""
+
+
 def _default_providers() -> dict[str, ProviderSettings]:
     return {"local": ProviderSettings()}
 
@@ -703,6 +740,7 @@ class Settings(BaseSettings):
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
 
     @classmethod
     def settings_customise_sources(

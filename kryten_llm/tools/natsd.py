@@ -47,11 +47,15 @@ class NatsServer:
 
 
 def start_nats_server(
-    timeout_seconds: float = START_TIMEOUT_SECONDS, monitor: bool = False, port: int = 0
+    timeout_seconds: float = START_TIMEOUT_SECONDS,
+    monitor: bool = False,
+    port: int = 0,
+    jetstream: bool = True,
 ) -> NatsServer:
     """Start the server and wait until it accepts connections (blocking: call off the loop).
 
-    `port` 0 picks a free one.
+    `port` 0 picks a free one. `jetstream=False` starts it without JetStream, as a server
+    whose operator never enabled it (what the durable state layer must survive).
     """
     binary = nats_server_binary()
     if binary is None:
@@ -59,7 +63,9 @@ def start_nats_server(
     port = port or free_port()
     store = tempfile.TemporaryDirectory(prefix="kryten-llm-nats-")
     monitor_port = free_port() if monitor else None
-    args = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store.name]
+    args = [binary, "-a", "127.0.0.1", "-p", str(port)]
+    if jetstream:
+        args += ["-js", "-sd", store.name]
     if monitor_port:
         args += ["-m", str(monitor_port)]
     process = subprocess.Popen(
