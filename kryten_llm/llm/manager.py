@@ -26,8 +26,10 @@ caller gets them on the result, or in `LLMUnavailable` when nothing answered.
 Streaming: `stream()` returns a `StreamHandle`. Fallback and retries apply only until the first
 non-blank delta reaches the caller. A stream that breaks after that ends *cleanly*: iteration
 stops, `handle.result` holds the partial text, `handle.interrupted` names the failure kind and
-the failed attempt is in `handle.result.attempts`. Providers configured with `stream: false`
-are asked with `complete()` and their whole answer arrives as one delta.
+the failed attempt is in `handle.result.attempts`. A caller that has enough calls
+`handle.stop()`: the request is closed and the text so far is the result (`stopped`).
+Providers configured with `stream: false` are asked with `complete()` and their whole answer
+arrives as one delta.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ MIN_ATTEMPT_SECONDS = 0.1
 """An attempt with less time than this left before the deadline is not started."""
 TIMEOUT_GRACE_SECONDS = 0.5
 """Slack on top of a provider's own timeout before the manager cuts the call itself."""
+MAX_BLANK_PREFIX_CHARS = 4096
+"""Leading whitespace of a stream kept at most; more (a model streaming only blanks until the
+deadline) is dropped rather than buffered."""
 NOT_HEALTH_KINDS = frozenset({"blocked"})
 """Failures that say something about the prompt, not the provider: ignored by breakers."""
 
@@ -220,12 +225,12 @@ class _Walk:
             error.detail,
         )
 
-    def abandoned(self, slot: _Slot, latency_ms: float) -> None:
+    def abandoned(self, slot: _Slot, latency_ms: float, outcome: str = "abandoned") -> None:
         """The caller went away mid-attempt: recorded, but no verdict on the provider."""
         if slot.done:
             return
         slot.done = True
-        self.attempts.append(Attempt(slot.provider.name, "abandoned", round(latency_ms, 1)))
+        self.attempts.append(Attempt(slot.provider.name, outcome, round(latency_ms, 1)))
         slot.ticket.released()
 
     def skip(self, name: str, outcome: str, why: str) -> None:
@@ -270,6 +275,8 @@ class StreamHandle:
         self._result: LLMResult | None = None
         self.interrupted: str | None = None
         self.first_delta_ms: float | None = None
+        self.stopping = False
+        """Set by `stop()`: the caller ends the stream but keeps what arrived."""
 
     def __aiter__(self) -> AsyncIterator[str]:
         if self._iterator is not None:
@@ -291,6 +298,18 @@ class StreamHandle:
         """Stop early (the caller lost interest); the in-flight request is closed."""
         if self._iterator is not None:
             await self._iterator.aclose()
+
+    async def stop(self) -> None:
+        """Stop reading and close the in-flight request, keeping what arrived as the result.
+
+        For a caller that has what it needs (or more than it can use): unlike `aclose`, the
+        handle is then `done`, `result.text` is the text received so far, `interrupted` is
+        `stopped`, and the attempt is recorded as `stopped` (no verdict on the provider). The
+        result carries the provider and model, so the reply can still be accounted for.
+        Without any text received, or after the stream ended, it is just `aclose`.
+        """
+        self.stopping = True
+        await self.aclose()
 
     def _finish(self, result: LLMResult, interrupted: str | None) -> None:
         self._result = result
@@ -451,12 +470,19 @@ class LLMManager:
     ) -> AsyncGenerator[str, None]:
         walk = self._walk(request, preferred)
         while (slot := await walk.next_attempt()) is not None:
-            attempt = _StreamAttempt(self, walk, slot)
-            async with contextlib.aclosing(attempt.run()) as deltas:
-                async for delta in deltas:
-                    if handle.first_delta_ms is None:
-                        handle.first_delta_ms = round(walk.elapsed_ms(), 1)
-                    yield delta
+            attempt = _StreamAttempt(self, walk, slot, handle)
+            try:
+                async with contextlib.aclosing(attempt.run()) as deltas:
+                    async for delta in deltas:
+                        if handle.first_delta_ms is None:
+                            handle.first_delta_ms = round(walk.elapsed_ms(), 1)
+                        yield delta
+            except GeneratorExit:
+                # The caller closed the handle; `stop()` keeps what arrived (the attempt is
+                # already recorded as `stopped`: closing `deltas` recorded it).
+                if handle.stopping and attempt.parts:
+                    handle._finish(walk.finished(attempt.as_result()), "stopped")
+                raise
             if attempt.result is not None:
                 handle._finish(walk.finished(attempt.result), attempt.interrupted)
                 return
@@ -466,10 +492,11 @@ class LLMManager:
 class _StreamAttempt:
     """One streaming call to one provider; owns the partial text and the outcome."""
 
-    def __init__(self, manager: LLMManager, walk: _Walk, slot: _Slot) -> None:
+    def __init__(self, manager: LLMManager, walk: _Walk, slot: _Slot, handle: StreamHandle) -> None:
         self.manager = manager
         self.walk = walk
         self.slot = slot
+        self.handle = handle
         self.parts: list[str] = []
         self.usage: StreamUsage | None = None
         self.result: LLMResult | None = None
@@ -490,7 +517,8 @@ class _StreamAttempt:
             items = provider.stream_via_complete(
                 self.manager.session, self.walk.request, self.slot.timeout_seconds
             )
-        held = ""
+        held: list[str] = []  # leading blank deltas, all whitespace
+        held_chars = 0
         yielded = False
         try:
             while True:
@@ -505,14 +533,17 @@ class _StreamAttempt:
                 if isinstance(item, StreamUsage):
                     self.usage = item
                     continue
-                self.parts.append(item)
                 if yielded:
+                    self.parts.append(item)
                     yield item
-                elif (held + item).strip():
+                elif item.strip():  # `held` is blank: only the new delta can hold text
                     yielded = True
-                    yield held + item
-                else:
-                    held += item
+                    self.parts.append(item)
+                    yield "".join(held) + item
+                elif held_chars < MAX_BLANK_PREFIX_CHARS:
+                    held.append(item)
+                    held_chars += len(item)
+                    self.parts.append(item)
             if not yielded:
                 raise ProviderError(provider.name, "empty", "stream carried no text")
         except ProviderError as exc:
@@ -524,7 +555,8 @@ class _StreamAttempt:
             self.result = self.as_result()
         finally:
             await _aclose(items)
-            self.walk.abandoned(self.slot, _ms_since(started))
+            outcome = "stopped" if self.handle.stopping else "abandoned"
+            self.walk.abandoned(self.slot, _ms_since(started), outcome)
 
     def _wait_seconds(self, yielded: bool) -> float:
         """Before the first delta the attempt timeout applies; after it, the idle timeout."""

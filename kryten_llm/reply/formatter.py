@@ -45,6 +45,11 @@ _SOFT_ABBREVIATIONS = frozenset({"etc", "inc", "ltd", "co", "a.m", "p.m", "u.s",
 # A candidate sentence end: terminal punctuation, optional closing quotes/brackets, whitespace.
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’»)\]]*(?=\s)")
 _WORD_BEFORE = re.compile(r"(\S+?)[.!?…]*$")
+# The two classes of _SENTENCE_END, for `ends_sentence`, which reads one word without a regex.
+_TERMINALS = ".!?…"
+_CLOSERS = "\"'”’»)]"
+_WORD_BEFORE_CHARS = 40
+"""How far back `_is_sentence_end` looks for the word before the punctuation."""
 
 _LINK_START = re.compile(r"(?i)(?:(?:https?|ftp)://|www\.)")
 # An info string ("```bash") exists only when a newline follows it; "```kick him```" on one line
@@ -264,6 +269,22 @@ def iter_sentences(text: str) -> Iterator[str]:
             yield rest
 
 
+def ends_sentence(word: str, following: str) -> bool:
+    """Whether `word` ends its sentence when the next word (on its line) starts with `following`.
+
+    The rule `iter_sentences` applies, for one word at a time: the streaming chunker calls it
+    once per word, as soon as the next word begins. `word` has no whitespace. Linear in its
+    length (no regex: a long run of "!!!!" cannot make it backtrack).
+    """
+    body = word.rstrip(_CLOSERS)
+    run = len(body) - len(body.rstrip(_TERMINALS))
+    if run == 0:
+        return False
+    punct_start = len(body) - run
+    start = max(0, punct_start - _WORD_BEFORE_CHARS)
+    return _is_sentence_end(f"{word[start:]} {following}", punct_start - start, len(word) - start)
+
+
 def _is_sentence_end(line: str, punct_start: int, end: int) -> bool:
     """False for abbreviations, initials, and an ellipsis that runs on in lower case."""
     punctuation = line[punct_start:end]
@@ -273,7 +294,7 @@ def _is_sentence_end(line: str, punct_start: int, end: int) -> bool:
         return not next_is_lower
     if not punctuation.startswith("."):
         return True
-    word_match = _WORD_BEFORE.search(line[max(0, punct_start - 40) : punct_start])
+    word_match = _WORD_BEFORE.search(line[max(0, punct_start - _WORD_BEFORE_CHARS) : punct_start])
     word = word_match.group(1).lower() if word_match else ""
     word = word.lstrip("\"'“‘(«[")
     if word in _TITLE_ABBREVIATIONS:
