@@ -597,6 +597,7 @@ class _StreamAttempt:
             latency_ms=0.0,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
+            anomalies=usage.anomalies,
         )
 
 
