@@ -849,3 +849,31 @@ async def test_a_long_blank_prefix_is_linear_and_bounded(
     assert delta.endswith("Hello.") and delta.isascii()
     assert len(delta) <= 4096 + 16 + len("Hello.")
     assert handle.result.text == delta
+
+
+async def test_a_probe_that_never_started_does_not_wedge_the_breaker(
+    servers: dict[str, FakeProvider],
+    backup: FakeProvider,
+    session: aiohttp.ClientSession,
+    clock: Clock,
+) -> None:
+    """Half-open, but the reply's deadline is too short to start the probe: the next may."""
+    primary = servers["openai_compatible"]
+    primary.reset()
+    primary.always(fp.status(500))
+    providers = pair(primary, backup)
+    manager = make_manager(session, providers, clock=clock, max_retries=0, breaker_min_calls=2)
+    for _ in range(2):
+        await manager.complete(REQUEST)
+    assert manager.breaker_states()["primary"]["state"] == "open"
+    clock.offset += 31
+    primary.reset()
+    primary.always(fp.reply("back again"))
+    manager.reconfigure(providers, llm_settings(reply_deadline_seconds=0.05, max_retries=0))
+    with pytest.raises(LLMUnavailable) as info:
+        await manager.complete(REQUEST)
+    assert "deadline" in info.value.reason and primary.requests == []
+    manager.reconfigure(providers, llm_settings(max_retries=0, breaker_min_calls=2))
+    result = await manager.complete(REQUEST)
+    assert result.provider == "primary" and result.text == "back again"
+    assert manager.breaker_states()["primary"]["state"] == "closed"
