@@ -305,17 +305,12 @@ class Responder:
         if len(outcome.sent) >= self.max_parts:
             return f"stopped at max_parts ({self.max_parts})"
         if chunker.full:
-            log.warning(
-                "LLM stream stopped: %d chars waiting for a sentence end, more than %d lines "
-                "of %d can post",
-                chunker.held_chars,
-                self.max_parts,
-                self.line_limit,
-            )
-            return (
-                f"stream stopped: {chunker.held_chars} chars without room to send them, "
+            why = (
+                f"stream stopped: {chunker.held_chars} chars held unsent, "
                 f"more than the reply can post ({self.max_parts} lines of {self.line_limit})"
             )
+            log.warning("LLM %s", why)
+            return why
         return ""
 
     async def _emit(self, chunk: str, reply: ReplyContext) -> None:
