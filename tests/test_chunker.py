@@ -1,21 +1,32 @@
-"""The streaming chunker: linear in the text it is fed, bounded, and the same chunks as before.
+"""Sentence splitting and the streaming chunker: linear, bounded, and the same output as before.
 
-`PreviousChunker` is the chunker as it was before it became incremental (it re-split its whole
-buffer on every delta: quadratic, and unbounded). It is kept here only as the reference the
-new one must match on ordinary text.
+`previous_iter_sentences` and `PreviousChunker` are the sentence splitter and the chunker as
+they were before they became incremental (a regex that backtracks on long runs of "!!!!", and
+a chunker that re-split its whole buffer on every delta: quadratic, and unbounded). They are
+kept here only as the references the new ones must match.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kryten_llm.reply.formatter import MAX_INPUT_CHARS, ends_sentence, iter_sentences
-from kryten_llm.reply.responder import FLUSH_AFTER_SECONDS, SentenceChunker, SentenceScanner
+from kryten_llm.config import MessageProcessingSettings, PersonalitySettings
+from kryten_llm.reply._text import collapse_whitespace
+from kryten_llm.reply.formatter import (
+    MAX_INPUT_CHARS,
+    ResponseFormatter,
+    SentenceScanner,
+    _is_sentence_end,
+    ends_sentence,
+    iter_sentences,
+)
+from kryten_llm.reply.responder import FLUSH_AFTER_SECONDS, SentenceChunker
 
 STREAM_CHARS = 300_000
 
@@ -26,6 +37,26 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+_PREVIOUS_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’»)\]]*(?=\s)")
+
+
+def previous_iter_sentences(text: str) -> Iterator[str]:
+    """The regex sentence splitter as it was (quadratic on a long run of "!")."""
+    for line in text.split("\n"):
+        line = collapse_whitespace(line)
+        start = 0
+        for match in _PREVIOUS_SENTENCE_END.finditer(line):
+            end = match.end()
+            if _is_sentence_end(line, match.start(), end):
+                sentence = line[start:end].strip()
+                if sentence:
+                    yield sentence
+                start = end
+        rest = line[start:].strip()
+        if rest:
+            yield rest
 
 
 class PreviousChunker:
@@ -40,7 +71,7 @@ class PreviousChunker:
 
     def feed(self, delta: str) -> list[str]:
         self._buffer += delta
-        sentences = list(iter_sentences(self._buffer))
+        sentences = list(previous_iter_sentences(self._buffer))
         complete: list[str] = []
         if self._buffer.endswith("\n") and sentences:
             complete, self._buffer = sentences, ""
@@ -54,7 +85,7 @@ class PreviousChunker:
         return self._flush() if self._ready() else []
 
     def finish(self) -> list[str]:
-        self._pending += list(iter_sentences(self._buffer))
+        self._pending += list(previous_iter_sentences(self._buffer))
         self._buffer = ""
         return self._flush()
 
@@ -132,16 +163,33 @@ def test_same_chunks_as_the_previous_algorithm(
 
 @settings(max_examples=400, deadline=None)
 @given(
-    text=st.text(alphabet=st.sampled_from("ab A.!?…\"')]» \t\n"), max_size=80),
+    text=st.text(alphabet=st.sampled_from("ab AJDr.!?…\"')]»“( \t\r\x0b\xa0\u2028\n"), max_size=80),
     cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=20),
 )
-def test_scanner_finds_the_sentences_iter_sentences_finds(text: str, cuts: list[int]) -> None:
-    """Any text, cut anywhere: the same sentences as splitting the whole text at once."""
+def test_scanner_finds_the_sentences_the_previous_splitter_found(
+    text: str, cuts: list[int]
+) -> None:
+    """Any text, cut anywhere: the same sentences as the regex splitter on the whole text."""
+    expected = list(previous_iter_sentences(text))
+    assert list(iter_sentences(text)) == expected
     scanner = SentenceScanner()
     found: list[str] = []
     for delta in split_at(text, cuts):
         found += scanner.feed(delta)
-    assert found + scanner.finish() == list(iter_sentences(text))
+    assert found + scanner.finish() == expected
+
+
+def test_a_hostile_reply_cannot_make_sentence_splitting_backtrack() -> None:
+    """20,000 "!" then a word took the regex splitter about five seconds (blocking the loop)."""
+    processing = MessageProcessingSettings(max_parts=10, max_message_length=1000)
+    formatter = ResponseFormatter(processing, PersonalitySettings())
+    for text in ("!" * (MAX_INPUT_CHARS - 10) + "a b", ("!" * 50 + "a ") * 380):
+        started = time.perf_counter()
+        sentences = list(iter_sentences(text))
+        parts = formatter.format(text)
+        assert time.perf_counter() - started < 1.0
+        assert " ".join(sentences) == collapse_whitespace(text)
+        assert parts
 
 
 def test_table_of_ordinary_answers() -> None:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from kryten_llm.llm.manager import LLMManager, LLMUnavailable
-from kryten_llm.reply.formatter import MAX_INPUT_CHARS, ResponseFormatter, ends_sentence
+from kryten_llm.reply.formatter import MAX_INPUT_CHARS, ResponseFormatter, SentenceScanner
 from kryten_llm.reply.guard import OutputGuard
 from kryten_llm.reply.validator import ReplyValidator
 from kryten_llm.types import Attempt, LLMRequest, LLMResult
@@ -39,88 +39,6 @@ longer than the lines it becomes, but not twice as long in an ordinary answer; a
 writes far more than that without finishing a sentence is looping or hostile."""
 
 Send = Callable[[list[str]], Awaitable[list[str]]]
-
-
-class SentenceScanner:
-    """`iter_sentences` for text that arrives in pieces, looking at each piece only once.
-
-    A sentence is complete when the word after it begins (that word's first character decides
-    abbreviations and ellipses, as in `iter_sentences`) or when its line ends; until then its
-    words wait here. Nothing is ever re-split, so the work is linear in the text fed, however
-    long a sentence grows: feeding a whole text in any pieces gives `iter_sentences(text)`.
-    """
-
-    def __init__(self) -> None:
-        self._words: list[str] = []
-        """Finished words of the sentence in progress."""
-        self._word: list[str] = []
-        """Pieces of the word being written (joined once, when it ends)."""
-        self._gap = False
-        """Whitespace arrived after the last piece: the next text starts a new word."""
-        self._words_chars = 0
-        self._word_chars = 0
-
-    @property
-    def chars(self) -> int:
-        """Length of the sentence in progress, with single spaces between its words."""
-        gap = 1 if self._words_chars and self._word_chars else 0
-        return self._words_chars + gap + self._word_chars
-
-    def feed(self, text: str) -> list[str]:
-        """Add text; return the sentences it completed."""
-        done: list[str] = []
-        for index, line in enumerate(text.split("\n")):
-            if index:
-                self._end_line(done)
-            self._add(line, done)
-        return done
-
-    def finish(self) -> list[str]:
-        """The text ended: the sentence in progress, if any, is complete."""
-        done: list[str] = []
-        self._end_line(done)
-        return done
-
-    def _add(self, text: str, done: list[str]) -> None:
-        words = text.split()
-        if words:
-            continues = bool(self._word) and not (self._gap or text[0].isspace())
-            for index, word in enumerate(words):
-                if index == 0 and continues:
-                    self._word.append(word)
-                    self._word_chars += len(word)
-                else:
-                    self._start_word(word, done)
-        if text:
-            self._gap = text[-1].isspace()
-
-    def _start_word(self, word: str, done: list[str]) -> None:
-        """A new word begins: now we know whether the one before it ended a sentence."""
-        if self._word:
-            previous = self._close_word()
-            if ends_sentence(previous, word[0]):
-                done.append(self._take_sentence())
-        self._word = [word]
-        self._word_chars = len(word)
-
-    def _close_word(self) -> str:
-        word = "".join(self._word)
-        self._words_chars = self.chars
-        self._words.append(word)
-        self._word, self._word_chars = [], 0
-        return word
-
-    def _take_sentence(self) -> str:
-        sentence = " ".join(self._words)
-        self._words, self._words_chars = [], 0
-        return sentence
-
-    def _end_line(self, done: list[str]) -> None:
-        if self._word:
-            self._close_word()
-        if self._words:
-            done.append(self._take_sentence())
-        self._gap = False
 
 
 class SentenceChunker:
