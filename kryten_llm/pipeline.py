@@ -337,7 +337,7 @@ class Pipeline:
         outcome = await self.responder.respond(
             request, job.provider, line.key, job.trigger.message, send
         )
-        cost = self._account(job, outcome.result, request)
+        outcome.result, cost = self._account(job, outcome.result, request)
         self.metrics.llm_attempts(outcome.attempts)
         if outcome.sent:
             self._after_send(job, outcome.sent, outcome.result, first_sent[0])
@@ -365,14 +365,28 @@ class Pipeline:
 
     def _account(
         self, job: ReplyJob, result: LLMResult | None, request: LLMRequest
-    ) -> float | None:
-        """Tokens and cost of a reply (budget events fire from here)."""
+    ) -> tuple[LLMResult | None, float | None]:
+        """Tokens and cost of a reply (budget events fire from here), and the result to log.
+
+        It never raises: its numbers come from the provider, and a failure here must neither
+        lose the reply's record nor break the next reply. A failure is logged and added to
+        the result's `anomalies`, so the record says so too.
+        """
         if result is None:
-            return None
-        cost = self.usage.record(result, job.line.key, job.line.username, request=request)
-        self.metrics.tokens(result.provider, result.prompt_tokens, result.completion_tokens)
-        self.metrics.cost(cost.usd)
-        return cost.usd
+            return None, None
+        if result.anomalies:
+            log.warning("LLM provider %s: %s", result.provider, "; ".join(result.anomalies))
+        usd: float | None = None
+        try:
+            cost = self.usage.record(result, job.line.key, job.line.username, request=request)
+            usd = cost.usd
+            self.metrics.tokens(result.provider, result.prompt_tokens, result.completion_tokens)
+            self.metrics.cost(cost.usd)
+        except Exception as exc:
+            log.exception("accounting for the reply to %s failed", job.line.username)
+            note = f"accounting failed: {type(exc).__name__}"
+            return dataclasses.replace(result, anomalies=(*result.anomalies, note)), usd
+        return result, usd
 
     def _after_send(
         self, job: ReplyJob, sent: list[str], result: LLMResult | None, first_sent_at: float
@@ -434,6 +448,7 @@ class Pipeline:
                 cost_usd=cost_usd,
                 parts=parts,
                 dry_run=self.dry_run,
+                anomalies=result.anomalies if result else (),
             )
         )
 

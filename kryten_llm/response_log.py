@@ -100,6 +100,9 @@ class ResponseRecord:
     cost_usd: float | None = None
     parts: tuple[str, ...] = ()
     dry_run: bool = False
+    anomalies: tuple[str, ...] = ()
+    """What the provider reported that could not be used as sent (clamped or ignored), or
+    what failed while accounting for the reply (`LLMResult.anomalies`)."""
     timestamp: str = field(default_factory=utc_now_iso)
 
     def to_dict(self) -> dict[str, Any]:

@@ -185,3 +185,6 @@ class LLMResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     attempts: tuple[Attempt, ...] = field(default_factory=tuple)
+    anomalies: tuple[str, ...] = ()
+    """What the provider reported that could not be used as sent (e.g. a token count of 400
+    digits, clamped), or what failed while accounting for the reply; for the JSONL record."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from kryten_llm.config import LLMSettings, ProviderSettings
 from kryten_llm.llm.manager import LLMManager, LLMUnavailable, StreamHandle
@@ -768,3 +769,111 @@ async def test_reload_removing_a_provider_mid_reply(
     result = await pending
     assert result.text == "slow but fine"
     assert set(manager.breaker_states()) == {"backup"}
+
+
+class Endless:
+    """A stream that never ends: it writes text frames until the client closes the connection."""
+
+    def __init__(self, text: str = "and on ") -> None:
+        self.text = text
+        self.frames_written = 0
+        self.closed_by_client = asyncio.Event()
+
+    async def __call__(
+        self, fake: FakeProvider, request: Any, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        frames, _tail = fp.stream_frames(fake.kind, [self.text], fake.model)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        if fake.kind == "ollama":
+            response.content_type = "application/x-ndjson"
+        await response.prepare(request)
+        try:
+            for frame in frames[:-1]:  # Anthropic's opening events
+                await response.write(frame)
+            while self.frames_written < 1_000_000:
+                await response.write(frames[-1])
+                self.frames_written += 1
+                await asyncio.sleep(0.001)
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            self.closed_by_client.set()
+        return response
+
+
+async def test_stream_stopped_keeps_the_text_and_closes_the_request(
+    primary: FakeProvider, backup: FakeProvider, session: aiohttp.ClientSession
+) -> None:
+    endless = Endless()
+    primary.always(endless)
+    manager = make_manager(session, pair(primary, backup))
+    handle = manager.stream(REQUEST)
+    received: list[str] = []
+    async for delta in handle:
+        received.append(delta)
+        if len(received) == 3:
+            break
+    await handle.stop()
+    assert handle.done and handle.interrupted == "stopped"
+    assert handle.result.text == "".join(received) == "and on " * 3
+    assert handle.result.provider == "primary" and handle.result.model == primary.model
+    assert outcomes(handle.result.attempts) == [("primary", "stopped")]
+    assert manager.breaker_states()["primary"]["calls"] == 0  # no verdict on the provider
+    await asyncio.wait_for(endless.closed_by_client.wait(), timeout=5)
+    assert endless.frames_written < 1000
+    assert backup.requests == []
+
+
+async def test_stop_after_the_stream_ended_changes_nothing(
+    primary: FakeProvider, backup: FakeProvider, session: aiohttp.ClientSession
+) -> None:
+    primary.always(fp.stream(["All ", "done."]))
+    handle = make_manager(session, pair(primary, backup)).stream(REQUEST)
+    assert await drain(handle) == ["All ", "done."]
+    await handle.stop()
+    assert handle.interrupted is None
+    assert outcomes(handle.result.attempts) == [("primary", "ok")]
+
+
+async def test_a_long_blank_prefix_is_linear_and_bounded(
+    servers: dict[str, FakeProvider], backup: FakeProvider, session: aiohttp.ClientSession
+) -> None:
+    """Thousands of whitespace deltas before the text: not re-scanned, not all kept."""
+    primary = servers["openai_compatible"]
+    primary.reset()
+    primary.always(fp.stream([" " * 16] * 20_000 + ["Hello."]))
+    handle = make_manager(
+        session, pair(primary, backup), reply_deadline_seconds=30, attempt_timeout_seconds=20
+    ).stream(REQUEST)
+    started = time.monotonic()
+    (delta,) = await drain(handle)
+    assert time.monotonic() - started < 10
+    assert delta.endswith("Hello.") and delta.isascii()
+    assert len(delta) <= 4096 + 16 + len("Hello.")
+    assert handle.result.text == delta
+
+
+async def test_a_probe_that_never_started_does_not_wedge_the_breaker(
+    servers: dict[str, FakeProvider],
+    backup: FakeProvider,
+    session: aiohttp.ClientSession,
+    clock: Clock,
+) -> None:
+    """Half-open, but the reply's deadline is too short to start the probe: the next may."""
+    primary = servers["openai_compatible"]
+    primary.reset()
+    primary.always(fp.status(500))
+    providers = pair(primary, backup)
+    manager = make_manager(session, providers, clock=clock, max_retries=0, breaker_min_calls=2)
+    for _ in range(2):
+        await manager.complete(REQUEST)
+    assert manager.breaker_states()["primary"]["state"] == "open"
+    clock.offset += 31
+    primary.reset()
+    primary.always(fp.reply("back again"))
+    manager.reconfigure(providers, llm_settings(reply_deadline_seconds=0.05, max_retries=0))
+    with pytest.raises(LLMUnavailable) as info:
+        await manager.complete(REQUEST)
+    assert "deadline" in info.value.reason and primary.requests == []
+    manager.reconfigure(providers, llm_settings(max_retries=0, breaker_min_calls=2))
+    result = await manager.complete(REQUEST)
+    assert result.provider == "primary" and result.text == "back again"
+    assert manager.breaker_states()["primary"]["state"] == "closed"

@@ -143,12 +143,12 @@ class UsageTracker:
         completion = result.completion_tokens
         if completion is None:
             completion = estimate_tokens(result.text)
+        # Counts come from the provider: a negative one must not buy budget back.
+        prompt, completion = max(prompt, 0), max(completion, 0)
         price = self._price(result)
         usd = 0.0
         if price is not None:
-            usd = (
-                prompt * price.input_per_million_usd + completion * price.output_per_million_usd
-            ) / TOKENS_PER_PRICE_UNIT
+            usd = _usd(prompt, completion, price)
         return Cost(usd, prompt, completion, estimated, result.model, price is not None)
 
     def _price(self, result: LLMResult) -> ModelPrice | None:
@@ -253,6 +253,21 @@ class UsageTracker:
             self.on_budget_event(event)
         except Exception:  # a broken publisher must not break accounting
             log.exception("usage: on_budget_event callback failed")
+
+
+def _usd(prompt: int, completion: int, price: ModelPrice) -> float:
+    """What the tokens cost; 0.0 (with a warning) rather than a sum that is not a finite,
+    non-negative number, which would stick in every budget for the rest of the day."""
+    try:
+        usd = (
+            prompt * price.input_per_million_usd + completion * price.output_per_million_usd
+        ) / TOKENS_PER_PRICE_UNIT
+    except OverflowError:
+        usd = math.inf
+    if math.isfinite(usd) and usd >= 0:
+        return usd
+    log.warning("usage: a reply's cost is out of range (tokens or price); counted as 0")
+    return 0.0
 
 
 def _spent(spend: _Spend | None, budget: float | None) -> bool:

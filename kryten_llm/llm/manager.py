@@ -13,18 +13,23 @@ One reply walks an ordered list of candidate providers:
   `stream_cut` before any text), with exponential backoff and jitter. `Retry-After` is obeyed
   if it fits under `retry_after_cap_seconds` and the deadline; otherwise the next provider is
   tried at once. 400/401/403/404, `bad_json`, `empty` and `blocked` move on without retry.
-- a circuit breaker per provider (rolling window of outcomes): open when the failure rate is
-  at least `breaker_failure_rate` over at least `breaker_min_calls`; an open provider is
-  skipped for `breaker_cooldown_seconds`, then one half-open probe decides.
+- a circuit breaker per provider (`breaker.py`): open when the failure rate is at least
+  `breaker_failure_rate` over at least `breaker_min_calls`; an open provider is skipped for
+  `breaker_cooldown_seconds`, then one half-open probe decides.
 
+`complete()` and the stream both run the same explicit loop over a `_Walk`:
+`while (slot := await walk.next_attempt()) is not None: <call the provider>`; the walk picks
+each next attempt (retry after backoff, or the next provider) from how the last one ended.
 Every attempt (and every skip) is recorded as an `Attempt` and logged with its reason; the
 caller gets them on the result, or in `LLMUnavailable` when nothing answered.
 
 Streaming: `stream()` returns a `StreamHandle`. Fallback and retries apply only until the first
 non-blank delta reaches the caller. A stream that breaks after that ends *cleanly*: iteration
 stops, `handle.result` holds the partial text, `handle.interrupted` names the failure kind and
-the failed attempt is in `handle.result.attempts`. Providers configured with `stream: false`
-are asked with `complete()` and their whole answer arrives as one delta.
+the failed attempt is in `handle.result.attempts`. A caller that has enough calls
+`handle.stop()`: the request is closed and the text so far is the result (`stopped`).
+Providers configured with `stream: false` are asked with `complete()` and their whole answer
+arrives as one delta.
 """
 
 from __future__ import annotations
@@ -35,14 +40,13 @@ import dataclasses
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import aiohttp
 
 from kryten_llm.config import LLMSettings, ProviderSettings
+from kryten_llm.llm.breaker import BreakerPolicy, CircuitBreaker, Ticket
 from kryten_llm.llm.providers import Provider, ProviderError, StreamUsage, build_provider
 from kryten_llm.types import Attempt, LLMRequest, LLMResult
 
@@ -52,10 +56,12 @@ MIN_ATTEMPT_SECONDS = 0.1
 """An attempt with less time than this left before the deadline is not started."""
 TIMEOUT_GRACE_SECONDS = 0.5
 """Slack on top of a provider's own timeout before the manager cuts the call itself."""
+MAX_BLANK_PREFIX_CHARS = 4096
+"""Leading whitespace of a stream kept at most; more (a model streaming only blanks until the
+deadline) is dropped rather than buffered."""
 NOT_HEALTH_KINDS = frozenset({"blocked"})
 """Failures that say something about the prompt, not the provider: ignored by breakers."""
 
-BreakerState = Literal["closed", "open", "half_open"]
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
@@ -69,103 +75,35 @@ class LLMUnavailable(Exception):
         super().__init__(reason)
 
 
-# --- circuit breaker ---------------------------------------------------------------------------
-
-
-@dataclass
-class CircuitBreaker:
-    """One provider's health, from its recent outcomes (True = success)."""
-
-    window: deque[bool]
-    state: BreakerState = "closed"
-    opened_at: float = 0.0
-    probe_in_flight: bool = False
-    last_success_at: float | None = None
-    last_failure_at: float | None = None
-    last_error: str | None = None
-
-    @classmethod
-    def sized(cls, window: int) -> CircuitBreaker:
-        return cls(window=deque(maxlen=window))
-
-    def resize(self, window: int) -> None:
-        if self.window.maxlen != window:
-            self.window = deque(self.window, maxlen=window)
-
-    def allow(self, now: float, cfg: LLMSettings) -> bool:
-        """May a call start now? An expired open breaker admits exactly one probe."""
-        if self.state == "closed":
-            return True
-        if self.state == "open" and now - self.opened_at >= cfg.breaker_cooldown_seconds:
-            self.state = "half_open"
-            self.probe_in_flight = False
-        if self.state == "half_open" and not self.probe_in_flight:
-            self.probe_in_flight = True
-            return True
-        return False
-
-    def record(self, ok: bool, kind: str, now: float, cfg: LLMSettings) -> BreakerState:
-        """Count one outcome; return the state it leaves the breaker in."""
-        if ok:
-            self.last_success_at = time.time()
-        else:
-            self.last_failure_at = time.time()
-            self.last_error = kind
-        if self.state == "half_open":
-            self.probe_in_flight = False
-            if ok:
-                self.state = "closed"
-                self.window.clear()
-            else:
-                self._open(now)
-            return self.state
-        self.window.append(ok)
-        if self.state == "closed" and self._tripped(cfg):
-            self._open(now)
-        return self.state
-
-    def release_probe(self) -> None:
-        """A probe that ended without a verdict (cancelled) lets the next call probe."""
-        self.probe_in_flight = False
-
-    def snapshot(self) -> dict[str, object]:
-        calls = len(self.window)
-        return {
-            "state": self.state,
-            "calls": calls,
-            "failure_rate": (self.window.count(False) / calls) if calls else 0.0,
-            "last_success_at": self.last_success_at,
-            "last_failure_at": self.last_failure_at,
-            "last_error": self.last_error,
-        }
-
-    def _tripped(self, cfg: LLMSettings) -> bool:
-        calls = len(self.window)
-        return calls >= cfg.breaker_min_calls and (
-            self.window.count(False) / calls >= cfg.breaker_failure_rate
-        )
-
-    def _open(self, now: float) -> None:
-        self.state = "open"
-        self.opened_at = now
-
-
 # --- one reply's walk through the providers ----------------------------------------------------
 
 
 @dataclass
 class _Slot:
-    """One attempt the plan grants: which provider, with how long, and (after) its outcome."""
+    """One attempt: which provider, with how long, its breaker ticket, and (after) its outcome."""
 
     provider: Provider
+    ticket: Ticket
     timeout_seconds: float
     error: ProviderError | None = None
     done: bool = False
 
 
 @dataclass
-class _Reply:
-    """Deadline, attempts and retry decisions for one reply."""
+class _Walk:
+    """One reply's walk along the candidate order: deadline, attempts and retry decisions.
+
+    The caller drives it with an explicit loop::
+
+        while (slot := await walk.next_attempt()) is not None:
+            ... call slot.provider, then walk.succeeded(slot) or walk.failed(slot, error)
+            (or walk.abandoned(slot) if the call was given up without an outcome) ...
+
+    `next_attempt` reads how the previous attempt ended to choose what comes next: the same
+    provider again after a backoff (a retryable failure with retries and time left), or the
+    next provider whose breaker admits a call. It returns None when an attempt succeeded or
+    nothing is left to try; `reason` then says why (for `LLMUnavailable`).
+    """
 
     manager: LLMManager
     request: LLMRequest
@@ -174,40 +112,59 @@ class _Reply:
     started: float
     attempts: list[Attempt] = field(default_factory=list)
     reason: str = ""
+    _index: int = 0
+    """Position in `order` of the provider being tried."""
+    _retry: int = 0
+    """Retries of that provider so far (0 for its first attempt)."""
+    _last: _Slot | None = None
 
     def remaining(self) -> float:
         return self.deadline - self.manager.clock()
 
-    async def plan(self) -> AsyncGenerator[_Slot, None]:
-        """Yield attempt slots; the caller fills in each slot's outcome before resuming."""
+    async def next_attempt(self) -> _Slot | None:
+        """The next attempt to make (after any backoff sleep), or None when the walk is over."""
+        last = self._last
+        if last is not None:
+            if last.error is None:  # it succeeded (or never finished): nothing more to try
+                return None
+            delay = self.retry_delay(last.error, self._retry)
+            if delay is None or self.manager.breaker(last.provider.name).state == "open":
+                self._next_provider()
+            else:
+                await self.manager.sleep(delay)
+                self._retry += 1
+        return self._admit()
+
+    def _next_provider(self) -> None:
+        self._index += 1
+        self._retry = 0
+
+    def _admit(self) -> _Slot | None:
+        """A slot for the current provider, or the first later one whose breaker admits it."""
         cfg = self.manager.llm
         if not self.order:
             self.reason = "no enabled provider"
-            return
-        for index, provider in enumerate(self.order):
-            breaker = self.manager.breaker(provider.name)
-            if not breaker.allow(self.manager.clock(), cfg):
-                self.skip(provider.name, "breaker_open", "circuit breaker open")
+            return None
+        while self._index < len(self.order):
+            provider = self.order[self._index]
+            ticket = self.manager.breaker(provider.name).admit()
+            if ticket is None:
+                if self._retry == 0:  # a retry refused by its breaker just moves on
+                    self.skip(provider.name, "breaker_open", "circuit breaker open")
+                self._next_provider()
                 continue
-            more_after = index < len(self.order) - 1
-            for retry in range(cfg.max_retries + 1):
-                if retry and not breaker.allow(self.manager.clock(), cfg):
-                    break
-                remaining = self.remaining()
-                if remaining < MIN_ATTEMPT_SECONDS:
-                    breaker.release_probe()
-                    self.reason = f"deadline of {cfg.reply_deadline_seconds:g}s exceeded"
-                    return
-                slot = _Slot(provider, self.attempt_timeout(provider, remaining, more_after))
-                yield slot
-                if slot.error is None:
-                    return
-                delay = self.retry_delay(slot.error, retry)
-                if delay is None or breaker.state == "open":
-                    break
-                await self.manager.sleep(delay)
+            remaining = self.remaining()
+            if remaining < MIN_ATTEMPT_SECONDS:
+                ticket.released()
+                self.reason = f"deadline of {cfg.reply_deadline_seconds:g}s exceeded"
+                return None
+            more_after = self._index < len(self.order) - 1
+            timeout = self.attempt_timeout(provider, remaining, more_after)
+            self._last = _Slot(provider, ticket, timeout)
+            return self._last
         if not self.reason:
             self.reason = self.summary()
+        return None
 
     def attempt_timeout(self, provider: Provider, remaining: float, more_after: bool) -> float:
         cfg = self.manager.llm
@@ -244,21 +201,17 @@ class _Reply:
     def succeeded(self, slot: _Slot, latency_ms: float) -> None:
         slot.done = True
         self.attempts.append(Attempt(slot.provider.name, "ok", round(latency_ms, 1)))
-        self.manager.breaker(slot.provider.name).record(
-            True, "ok", self.manager.clock(), self.manager.llm
-        )
+        slot.ticket.succeeded()
 
     def failed(self, slot: _Slot, error: ProviderError, latency_ms: float) -> None:
         slot.done = True
         slot.error = error
         name = slot.provider.name
         self.attempts.append(Attempt(name, error.kind, round(latency_ms, 1)))
-        breaker = self.manager.breaker(name)
         if error.kind in NOT_HEALTH_KINDS:
-            breaker.release_probe()
-            state = breaker.state
+            state = slot.ticket.released()
         else:
-            state = breaker.record(False, error.kind, self.manager.clock(), self.manager.llm)
+            state = slot.ticket.failed(error.kind)
         # A redirect is the operator's to fix (base_url), not a passing fault: say it loudly.
         log.log(
             logging.ERROR if error.kind == "redirect" else logging.WARNING,
@@ -272,13 +225,13 @@ class _Reply:
             error.detail,
         )
 
-    def abandoned(self, slot: _Slot, latency_ms: float) -> None:
+    def abandoned(self, slot: _Slot, latency_ms: float, outcome: str = "abandoned") -> None:
         """The caller went away mid-attempt: recorded, but no verdict on the provider."""
         if slot.done:
             return
         slot.done = True
-        self.attempts.append(Attempt(slot.provider.name, "abandoned", round(latency_ms, 1)))
-        self.manager.breaker(slot.provider.name).release_probe()
+        self.attempts.append(Attempt(slot.provider.name, outcome, round(latency_ms, 1)))
+        slot.ticket.released()
 
     def skip(self, name: str, outcome: str, why: str) -> None:
         self.attempts.append(Attempt(name, outcome, 0.0))
@@ -295,6 +248,12 @@ class _Reply:
 
     def elapsed_ms(self) -> float:
         return (self.manager.clock() - self.started) * 1000.0
+
+    def finished(self, result: LLMResult) -> LLMResult:
+        """`result` with the whole reply's latency and every attempt made for it."""
+        return dataclasses.replace(
+            result, latency_ms=round(self.elapsed_ms(), 1), attempts=tuple(self.attempts)
+        )
 
 
 # --- streaming handle --------------------------------------------------------------------------
@@ -316,6 +275,8 @@ class StreamHandle:
         self._result: LLMResult | None = None
         self.interrupted: str | None = None
         self.first_delta_ms: float | None = None
+        self.stopping = False
+        """Set by `stop()`: the caller ends the stream but keeps what arrived."""
 
     def __aiter__(self) -> AsyncIterator[str]:
         if self._iterator is not None:
@@ -337,6 +298,22 @@ class StreamHandle:
         """Stop early (the caller lost interest); the in-flight request is closed."""
         if self._iterator is not None:
             await self._iterator.aclose()
+
+    async def stop(self) -> None:
+        """Stop reading and close the in-flight request, keeping what arrived as the result.
+
+        For a caller that has what it needs (or more than it can use): unlike `aclose`, the
+        handle is then `done`, `result.text` is the text received so far, `interrupted` is
+        `stopped`, and the attempt is recorded as `stopped` (no verdict on the provider). The
+        result carries the provider and model, so the reply can still be accounted for.
+        Without any text received, or after the stream ended, it is just `aclose`.
+        """
+        self.stopping = True
+        await self.aclose()
+
+    def _finish(self, result: LLMResult, interrupted: str | None) -> None:
+        self._result = result
+        self.interrupted = interrupted
 
 
 # --- the manager -------------------------------------------------------------------------------
@@ -362,6 +339,7 @@ class LLMManager:
         self.llm = llm
         self._providers: dict[str, Provider] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._policy = BreakerPolicy.of(llm)
         self.reconfigure(providers, llm)
 
     # --- configuration and health ---
@@ -369,13 +347,14 @@ class LLMManager:
     def reconfigure(self, providers: dict[str, ProviderSettings], llm: LLMSettings) -> None:
         """Hot reload: new provider objects; breakers survive for names that still exist."""
         self.llm = llm
+        self._policy = BreakerPolicy.of(llm)
         self._providers = {name: build_provider(name, s) for name, s in providers.items()}
         self._breakers = {
-            name: self._breakers.get(name) or CircuitBreaker.sized(llm.breaker_window)
+            name: self._breakers.get(name) or CircuitBreaker(self._policy, self.clock)
             for name in providers
         }
         for breaker in self._breakers.values():
-            breaker.resize(llm.breaker_window)
+            breaker.reconfigure(self._policy)
         for name, settings in providers.items():
             unknown = [f for f in settings.fallback if f not in providers]
             if unknown:
@@ -384,7 +363,7 @@ class LLMManager:
     def breaker(self, name: str) -> CircuitBreaker:
         """The provider's breaker; a throwaway one if a reload removed it mid-reply."""
         found = self._breakers.get(name)
-        return found if found is not None else CircuitBreaker.sized(self.llm.breaker_window)
+        return found if found is not None else CircuitBreaker(self._policy, self.clock)
 
     def breaker_states(self) -> dict[str, dict[str, object]]:
         """Per provider: `state` (closed/open/half_open), failure rate, last success/failure."""
@@ -437,9 +416,9 @@ class LLMManager:
             visit(seed)
         return order
 
-    def _new_reply(self, request: LLMRequest, preferred: str | None) -> _Reply:
+    def _walk(self, request: LLMRequest, preferred: str | None) -> _Walk:
         now = self.clock()
-        return _Reply(
+        return _Walk(
             manager=self,
             request=request,
             order=[self._providers[n] for n in self.order(preferred)],
@@ -451,42 +430,34 @@ class LLMManager:
 
     async def complete(self, request: LLMRequest, preferred: str | None = None) -> LLMResult:
         """The first good reply along the candidate order; raises LLMUnavailable."""
-        reply = self._new_reply(request, preferred)
-        plan = reply.plan()
-        try:
-            async for slot in plan:
-                result = await self._attempt_complete(reply, slot)
-                if result is not None:
-                    return dataclasses.replace(
-                        result,
-                        latency_ms=round(reply.elapsed_ms(), 1),
-                        attempts=tuple(reply.attempts),
-                    )
-        finally:
-            await plan.aclose()
-        raise reply.unavailable()
+        walk = self._walk(request, preferred)
+        while (slot := await walk.next_attempt()) is not None:
+            result = await self._attempt_complete(walk, slot)
+            if result is not None:
+                return walk.finished(result)
+        raise walk.unavailable()
 
-    async def _attempt_complete(self, reply: _Reply, slot: _Slot) -> LLMResult | None:
+    async def _attempt_complete(self, walk: _Walk, slot: _Slot) -> LLMResult | None:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(slot.timeout_seconds + TIMEOUT_GRACE_SECONDS):
                 result = await slot.provider.complete(
-                    self.session, reply.request, slot.timeout_seconds
+                    self.session, walk.request, slot.timeout_seconds
                 )
         except ProviderError as exc:
-            reply.failed(slot, exc, _ms_since(started))
+            walk.failed(slot, exc, _ms_since(started))
             return None
         except TimeoutError:
-            reply.failed(slot, _timeout_error(slot), _ms_since(started))
+            walk.failed(slot, _timeout_error(slot), _ms_since(started))
             return None
         except Exception as exc:  # a provider bug must not take the reply down with it
-            reply.failed(slot, _internal_error(slot, exc), _ms_since(started))
+            walk.failed(slot, _internal_error(slot, exc), _ms_since(started))
             return None
         else:
-            reply.succeeded(slot, _ms_since(started))
+            walk.succeeded(slot, _ms_since(started))
             return result
         finally:
-            reply.abandoned(slot, _ms_since(started))
+            walk.abandoned(slot, _ms_since(started))
 
     # --- stream ---
 
@@ -497,36 +468,35 @@ class LLMManager:
     async def _stream_reply(
         self, handle: StreamHandle, request: LLMRequest, preferred: str | None
     ) -> AsyncGenerator[str, None]:
-        reply = self._new_reply(request, preferred)
-        plan = reply.plan()
-        try:
-            async for slot in plan:
-                attempt = _StreamAttempt(self, reply, slot)
+        walk = self._walk(request, preferred)
+        while (slot := await walk.next_attempt()) is not None:
+            attempt = _StreamAttempt(self, walk, slot, handle)
+            try:
                 async with contextlib.aclosing(attempt.run()) as deltas:
                     async for delta in deltas:
                         if handle.first_delta_ms is None:
-                            handle.first_delta_ms = round(reply.elapsed_ms(), 1)
+                            handle.first_delta_ms = round(walk.elapsed_ms(), 1)
                         yield delta
-                if attempt.result is not None:
-                    handle.interrupted = attempt.interrupted
-                    handle._result = dataclasses.replace(
-                        attempt.result,
-                        latency_ms=round(reply.elapsed_ms(), 1),
-                        attempts=tuple(reply.attempts),
-                    )
-                    return
-        finally:
-            await plan.aclose()
-        raise reply.unavailable()
+            except GeneratorExit:
+                # The caller closed the handle; `stop()` keeps what arrived (the attempt is
+                # already recorded as `stopped`: closing `deltas` recorded it).
+                if handle.stopping and attempt.parts:
+                    handle._finish(walk.finished(attempt.as_result()), "stopped")
+                raise
+            if attempt.result is not None:
+                handle._finish(walk.finished(attempt.result), attempt.interrupted)
+                return
+        raise walk.unavailable()
 
 
 class _StreamAttempt:
     """One streaming call to one provider; owns the partial text and the outcome."""
 
-    def __init__(self, manager: LLMManager, reply: _Reply, slot: _Slot) -> None:
+    def __init__(self, manager: LLMManager, walk: _Walk, slot: _Slot, handle: StreamHandle) -> None:
         self.manager = manager
-        self.reply = reply
+        self.walk = walk
         self.slot = slot
+        self.handle = handle
         self.parts: list[str] = []
         self.usage: StreamUsage | None = None
         self.result: LLMResult | None = None
@@ -542,12 +512,13 @@ class _StreamAttempt:
             read_timeout = max(
                 self.slot.timeout_seconds, self.manager.llm.stream_idle_timeout_seconds
             )
-            items = provider.stream(self.manager.session, self.reply.request, read_timeout)
+            items = provider.stream(self.manager.session, self.walk.request, read_timeout)
         else:
             items = provider.stream_via_complete(
-                self.manager.session, self.reply.request, self.slot.timeout_seconds
+                self.manager.session, self.walk.request, self.slot.timeout_seconds
             )
-        held = ""
+        held: list[str] = []  # leading blank deltas, all whitespace
+        held_chars = 0
         yielded = False
         try:
             while True:
@@ -562,14 +533,17 @@ class _StreamAttempt:
                 if isinstance(item, StreamUsage):
                     self.usage = item
                     continue
-                self.parts.append(item)
                 if yielded:
+                    self.parts.append(item)
                     yield item
-                elif (held + item).strip():
+                elif item.strip():  # `held` is blank: only the new delta can hold text
                     yielded = True
-                    yield held + item
-                else:
-                    held += item
+                    self.parts.append(item)
+                    yield "".join(held) + item
+                elif held_chars < MAX_BLANK_PREFIX_CHARS:
+                    held.append(item)
+                    held_chars += len(item)
+                    self.parts.append(item)
             if not yielded:
                 raise ProviderError(provider.name, "empty", "stream carried no text")
         except ProviderError as exc:
@@ -577,33 +551,34 @@ class _StreamAttempt:
         except Exception as exc:  # a provider bug ends this attempt, not the reply
             self._fail(_internal_error(self.slot, exc), started, yielded)
         else:
-            self.reply.succeeded(self.slot, _ms_since(started))
-            self.result = self._result(provider)
+            self.walk.succeeded(self.slot, _ms_since(started))
+            self.result = self.as_result()
         finally:
             await _aclose(items)
-            self.reply.abandoned(self.slot, _ms_since(started))
+            outcome = "stopped" if self.handle.stopping else "abandoned"
+            self.walk.abandoned(self.slot, _ms_since(started), outcome)
 
     def _wait_seconds(self, yielded: bool) -> float:
         """Before the first delta the attempt timeout applies; after it, the idle timeout."""
-        remaining = max(self.reply.remaining(), 0.0)
+        remaining = max(self.walk.remaining(), 0.0)
         limit = (
             self.manager.llm.stream_idle_timeout_seconds if yielded else self.slot.timeout_seconds
         )
         return min(limit, remaining) + (TIMEOUT_GRACE_SECONDS if not yielded else 0.0)
 
     def _silence_error(self, wait: float) -> ProviderError:
-        if self.reply.remaining() <= 0:
+        if self.walk.remaining() <= 0:
             return ProviderError(self.slot.provider.name, "deadline", "reply deadline reached")
         return ProviderError(
             self.slot.provider.name, "timeout", f"no data for {wait:g}s", retryable=True
         )
 
     def _fail(self, error: ProviderError, started: float, yielded: bool) -> None:
-        self.reply.failed(self.slot, error, _ms_since(started))
+        self.walk.failed(self.slot, error, _ms_since(started))
         if yielded:
             # Text already reached the caller: no fallback, keep what we have.
             self.interrupted = error.kind
-            self.result = self._result(self.slot.provider)
+            self.result = self.as_result()
             log.warning(
                 "LLM stream from %s broke after %d chars (%s): reply ends early",
                 self.slot.provider.name,
@@ -611,7 +586,9 @@ class _StreamAttempt:
                 error.kind,
             )
 
-    def _result(self, provider: Provider) -> LLMResult:
+    def as_result(self) -> LLMResult:
+        """The text so far, with the usage the stream reported (if it got that far)."""
+        provider = self.slot.provider
         usage = self.usage or StreamUsage(None, None, None)
         return LLMResult(
             text="".join(self.parts),
@@ -620,6 +597,7 @@ class _StreamAttempt:
             latency_ms=0.0,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
+            anomalies=usage.anomalies,
         )
 
 

@@ -43,9 +43,12 @@ _TITLE_ABBREVIATIONS = frozenset(
 # A sentence end only when a capital letter follows ("... and so on, etc. Then").
 _SOFT_ABBREVIATIONS = frozenset({"etc", "inc", "ltd", "co", "a.m", "p.m", "u.s", "u.k", "al"})
 
-# A candidate sentence end: terminal punctuation, optional closing quotes/brackets, whitespace.
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’»)\]]*(?=\s)")
 _WORD_BEFORE = re.compile(r"(\S+?)[.!?…]*$")
+# A sentence end: terminal punctuation, then optional closing quotes or brackets.
+_TERMINALS = ".!?…"
+_CLOSERS = "\"'”’»)]"
+_WORD_BEFORE_CHARS = 40
+"""How far back `_is_sentence_end` looks for the word before the punctuation."""
 
 _LINK_START = re.compile(r"(?i)(?:(?:https?|ftp)://|www\.)")
 # An info string ("```bash") exists only when a newline follows it; "```kick him```" on one line
@@ -253,20 +256,113 @@ def split_text(text: str, limit: int, indicator: str, max_parts: int) -> list[st
 
 
 def iter_sentences(text: str) -> Iterator[str]:
-    """Sentences with collapsed whitespace; a newline always ends one."""
-    for line in text.split("\n"):
-        line = collapse_whitespace(line)
-        start = 0
-        for match in _SENTENCE_END.finditer(line):
-            end = match.end()
-            if _is_sentence_end(line, match.start(), end):
-                sentence = line[start:end].strip()
-                if sentence:
-                    yield sentence
-                start = end
-        rest = line[start:].strip()
-        if rest:
-            yield rest
+    """Sentences with collapsed whitespace; a newline always ends one.
+
+    Linear in the text (see `SentenceScanner`): a hostile reply such as 20,000 "!" and a
+    word cannot make it backtrack.
+    """
+    scanner = SentenceScanner()
+    yield from scanner.feed(text)
+    yield from scanner.finish()
+
+
+def ends_sentence(word: str, following: str) -> bool:
+    """Whether `word` ends its sentence when the next word (on its line) starts with `following`.
+
+    `SentenceScanner` asks once per word, as soon as the next word begins. `word` has no
+    whitespace. Linear in its length (no regex: a long run of "!!!!" cannot backtrack).
+    """
+    body = word.rstrip(_CLOSERS)
+    run = len(body) - len(body.rstrip(_TERMINALS))
+    if run == 0:
+        return False
+    punct_start = len(body) - run
+    start = max(0, punct_start - _WORD_BEFORE_CHARS)
+    return _is_sentence_end(f"{word[start:]} {following}", punct_start - start, len(word) - start)
+
+
+class SentenceScanner:
+    """Sentences of a text that may arrive in pieces, looking at each piece only once.
+
+    A sentence ends after a word with terminal punctuation (optionally closed by quotes or
+    brackets) unless `ends_sentence` says it is an abbreviation, an initial or a run-on
+    ellipsis; the next word's first character decides, so a sentence is complete when that
+    word begins, or when its line ends. Until then its words wait here. Nothing is ever
+    re-split: the work is linear in the text fed, however long a sentence grows, and feeding
+    a text in any pieces gives the same sentences as `iter_sentences(text)`.
+    """
+
+    def __init__(self) -> None:
+        self._words: list[str] = []
+        """Finished words of the sentence in progress."""
+        self._word: list[str] = []
+        """Pieces of the word being written (joined once, when it ends)."""
+        self._gap = False
+        """Whitespace arrived after the last piece: the next text starts a new word."""
+        self._words_chars = 0
+        self._word_chars = 0
+
+    @property
+    def chars(self) -> int:
+        """Length of the sentence in progress, with single spaces between its words."""
+        gap = 1 if self._words_chars and self._word_chars else 0
+        return self._words_chars + gap + self._word_chars
+
+    def feed(self, text: str) -> list[str]:
+        """Add text; return the sentences it completed."""
+        done: list[str] = []
+        for index, line in enumerate(text.split("\n")):
+            if index:
+                self._end_line(done)
+            self._add(line, done)
+        return done
+
+    def finish(self) -> list[str]:
+        """The text ended: the sentence in progress, if any, is complete."""
+        done: list[str] = []
+        self._end_line(done)
+        return done
+
+    def _add(self, text: str, done: list[str]) -> None:
+        words = text.split()
+        if words:
+            continues = bool(self._word) and not (self._gap or text[0].isspace())
+            for index, word in enumerate(words):
+                if index == 0 and continues:
+                    self._word.append(word)
+                    self._word_chars += len(word)
+                else:
+                    self._start_word(word, done)
+        if text:
+            self._gap = text[-1].isspace()
+
+    def _start_word(self, word: str, done: list[str]) -> None:
+        """A new word begins: now we know whether the one before it ended a sentence."""
+        if self._word:
+            previous = self._close_word()
+            if ends_sentence(previous, word[0]):
+                done.append(self._take_sentence())
+        self._word = [word]
+        self._word_chars = len(word)
+
+    def _close_word(self) -> str:
+        word = "".join(self._word)
+        self._words_chars = self.chars
+        self._words.append(word)
+        self._word, self._word_chars = [], 0
+        return word
+
+    def _take_sentence(self) -> str:
+        sentence = " ".join(self._words)
+        self._words, self._words_chars = [], 0
+        return sentence
+
+    def _end_line(self, done: list[str]) -> None:
+        if self._word:
+            self._close_word()
+        if self._words:
+            done.append(self._take_sentence())
+        self._gap = False
 
 
 def _is_sentence_end(line: str, punct_start: int, end: int) -> bool:
@@ -278,7 +374,7 @@ def _is_sentence_end(line: str, punct_start: int, end: int) -> bool:
         return not next_is_lower
     if not punctuation.startswith("."):
         return True
-    word_match = _WORD_BEFORE.search(line[max(0, punct_start - 40) : punct_start])
+    word_match = _WORD_BEFORE.search(line[max(0, punct_start - _WORD_BEFORE_CHARS) : punct_start])
     word = word_match.group(1).lower() if word_match else ""
     word = word.lstrip("\"'“‘(«[")
     if word in _TITLE_ABBREVIATIONS:

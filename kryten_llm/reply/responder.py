@@ -7,6 +7,12 @@ Every chunk passes the formatter, the validator and the output guard before it i
 refused first chunk gets the configured refusal action (regenerate once, fallback, silent);
 a refused later chunk ends the reply there. A stream that breaks mid-way ends with what was
 already sent, and the reason is reported for the log.
+
+Reading a stream costs time linear in its length (sentences are found in new text only), and
+a stream is stopped, its connection closed, once it holds more than the reply could ever post
+(`HELD_TEXT_FACTOR`): a model that writes without end cannot freeze the bot or fill memory.
+Whatever ends a stream early, the text that arrived stays the result, so the reply is still
+logged with its provider and accounted for.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from kryten_llm.llm.manager import LLMManager, LLMUnavailable
-from kryten_llm.reply.formatter import ResponseFormatter, iter_sentences
+from kryten_llm.reply.formatter import MAX_INPUT_CHARS, ResponseFormatter, SentenceScanner
 from kryten_llm.reply.guard import OutputGuard
 from kryten_llm.reply.validator import ReplyValidator
 from kryten_llm.types import Attempt, ChannelKey, LLMRequest, LLMResult, Outcome
@@ -26,6 +32,11 @@ log = logging.getLogger(__name__)
 
 FLUSH_AFTER_SECONDS = 1.5
 """A complete sentence waits at most this long (while the model writes) for company."""
+HELD_TEXT_FACTOR = 2
+"""A stream may hold this many times what a reply can still post (`max_parts` lines of the
+line limit) before it is stopped. Markup and spacing the formatter removes make raw text
+longer than the lines it becomes, but not twice as long in an ordinary answer; a model that
+writes far more than that without finishing a sentence is looping or hostile."""
 
 Send = Callable[[list[str]], Awaitable[list[str]]]
 
@@ -36,42 +47,59 @@ class SentenceChunker:
     Complete sentences are held until the line is full (the next text would not fit), until
     one has waited `FLUSH_AFTER_SECONDS` for a slow model, or until the stream ends: so a
     short answer is one line, and a long one starts reaching chat after its first line.
+
+    It holds at most `max_held_chars` (sentences not yet sent plus the one in progress): text
+    beyond that is dropped and `full` is set, telling the caller to stop reading.
     """
 
-    def __init__(self, line_limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        line_limit: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_held_chars: int = MAX_INPUT_CHARS,
+    ) -> None:
         self._limit = line_limit
         self._clock = clock
-        self._buffer = ""
+        self.max_held_chars = max_held_chars
+        self.full = False
+        """More text arrived than `max_held_chars` allows; the rest was dropped."""
+        self._scanner = SentenceScanner()
         self._pending: list[str] = []
+        self._pending_chars = 0
         self._pending_since = 0.0
+
+    @property
+    def held_chars(self) -> int:
+        """Text held now: complete sentences not yet released and the sentence in progress."""
+        return self._pending_chars + self._scanner.chars
 
     def feed(self, delta: str) -> list[str]:
         """Add text; return the chunks that are ready to send now."""
-        self._buffer += delta
-        sentences = list(iter_sentences(self._buffer))
-        complete: list[str] = []
-        # The last sentence may still be growing (or be "Dr." before its name arrives).
-        if self._buffer.endswith("\n") and sentences:
-            complete, self._buffer = sentences, ""
-        elif len(sentences) > 1:
-            complete = sentences[:-1]
-            tail = " " if self._buffer[-1:].isspace() else ""
-            self._buffer = sentences[-1] + tail
-        if complete and not self._pending:
-            self._pending_since = self._clock()
-        self._pending += complete
+        if self.full:
+            return []
+        # Held text grows by at most the delta, plus one space for a gap before it.
+        room = self.max_held_chars - self.held_chars - 1
+        if len(delta) > room:
+            delta = delta[: max(room, 0)]
+            self.full = True
+        self._add(self._scanner.feed(delta))
         return self._flush() if self._ready() else []
 
     def finish(self) -> list[str]:
         """The stream ended: everything left is a chunk."""
-        self._pending += list(iter_sentences(self._buffer))
-        self._buffer = ""
+        self._add(self._scanner.finish())
         return self._flush()
+
+    def _add(self, complete: list[str]) -> None:
+        if complete and not self._pending:
+            self._pending_since = self._clock()
+        self._pending += complete
+        self._pending_chars += sum(len(s) + 1 for s in complete)
 
     def _ready(self) -> bool:
         if not self._pending:
             return False
-        line = sum(len(s) + 1 for s in self._pending) + len(self._buffer.strip())
+        line = self._pending_chars + self._scanner.chars
         waited = self._clock() - self._pending_since
         return line > self._limit or waited >= FLUSH_AFTER_SECONDS
 
@@ -79,7 +107,7 @@ class SentenceChunker:
         if not self._pending:
             return []
         text = " ".join(self._pending)
-        self._pending = []
+        self._pending, self._pending_chars = [], 0
         return [text]
 
 
@@ -163,23 +191,45 @@ class Responder:
     async def _stream(self, reply: ReplyContext) -> None:
         outcome = reply.outcome
         handle = self.llm.stream(reply.request, preferred=reply.provider)
-        chunker = SentenceChunker(self.line_limit)
+        chunker = SentenceChunker(self.line_limit, max_held_chars=self.max_held_chars)
         try:
             async for delta in handle:
                 for chunk in chunker.feed(delta):
                     await self._emit(chunk, reply)
-                if len(outcome.sent) >= self.max_parts:
-                    outcome.reason = f"stopped at max_parts ({self.max_parts})"
-                    return
+                why = self._why_stop(outcome, chunker)
+                if why:
+                    outcome.reason = why
+                    await handle.stop()  # release the connection before posting the rest
+                    break
             for chunk in chunker.finish():
                 await self._emit(chunk, reply)
         finally:
-            await handle.aclose()
+            # However the reply ends early, what the model sent stays the result (for the
+            # record and the budget); `stop` does nothing to a stream that has finished.
+            await handle.stop()
             if handle.done:
                 outcome.result = handle.result
                 outcome.attempts = handle.result.attempts
-                if handle.interrupted:
+                if handle.interrupted and handle.interrupted != "stopped":
                     outcome.reason = f"stream interrupted ({handle.interrupted})"
+
+    @property
+    def max_held_chars(self) -> int:
+        """The most stream text worth holding: `HELD_TEXT_FACTOR` times what a reply can post."""
+        return min(MAX_INPUT_CHARS, HELD_TEXT_FACTOR * self.max_parts * self.line_limit)
+
+    def _why_stop(self, outcome: ReplyOutcome, chunker: SentenceChunker) -> str:
+        """Why to stop reading the stream now ("" to go on)."""
+        if len(outcome.sent) >= self.max_parts:
+            return f"stopped at max_parts ({self.max_parts})"
+        if chunker.full:
+            why = (
+                f"stream stopped: {chunker.held_chars} chars held unsent, "
+                f"more than the reply can post ({self.max_parts} lines of {self.line_limit})"
+            )
+            log.warning("LLM %s", why)
+            return why
+        return ""
 
     async def _emit(self, chunk: str, reply: ReplyContext) -> None:
         """Format, validate and guard one chunk, then send it; raise _Refused if refused."""

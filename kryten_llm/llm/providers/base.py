@@ -22,6 +22,10 @@ Failure kinds (`ProviderError.kind`, also the `Attempt.outcome` the manager reco
   whatever host the redirect names. It is a configuration error (fix `base_url`): not
   retryable, and reported naming the target host.
 
+Usage: token counts are untrusted numbers (JSON allows an int of 400 digits). `int_or_none`
+reads them, and `Completion` / `StreamUsage` settle them on creation: clamped to
+`MAX_TOKENS_PER_CALL`, or None when they are no count at all, each noted in `anomalies`.
+
 Secrets: the resolved API key only ever goes into request headers; every error detail passes
 the process-wide redactor (`kryten_llm.redact`: every configured secret, plus this provider's
 own key and `extra_headers` values, and anything key-shaped) before a `ProviderError` is
@@ -31,6 +35,7 @@ built, so a server echoing a credential cannot put it into logs or attempt recor
 from __future__ import annotations
 
 import json
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -53,17 +58,33 @@ ERROR_EXCERPT_CHARS = 200
 EXCERPT_REDACT_SLACK_CHARS = 4096
 """How far past the cut an excerpt is redacted: longer than any realistic credential (a JWT
 included), so none straddles the final cut, and still cheap to scan."""
+MAX_TOKENS_PER_CALL = 10_000_000
+"""No single call uses more tokens than this (prompt or answer, any model today): a larger
+reported count is a broken or hostile server, and is clamped to it."""
+NOTE_EXCERPT_CHARS = 24
+"""How much of an unusable reported value an anomaly note quotes."""
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """What a provider's completion response says: the text, the model and the usage."""
+    """What a provider's completion response says: the text, the model and the usage.
+
+    Token counts are settled on creation (`settle_counts`): clamped, or None, with a note in
+    `anomalies` for each that was not usable as reported.
+    """
 
     text: str
     model: object = None
     """As reported by the provider (any JSON value); the configured model when absent."""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    anomalies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        prompt, completion, notes = settle_counts(self.prompt_tokens, self.completion_tokens)
+        object.__setattr__(self, "prompt_tokens", prompt)
+        object.__setattr__(self, "completion_tokens", completion)
+        object.__setattr__(self, "anomalies", self.anomalies + notes)
 
 
 class ProviderError(Exception):
@@ -90,11 +111,21 @@ class ProviderError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class StreamUsage:
-    """Token counts a stream reports at its end (yielded after the last text delta)."""
+    """Token counts a stream reports at its end (yielded after the last text delta).
+
+    Settled on creation like `Completion`'s: `anomalies` notes each count not usable as sent.
+    """
 
     prompt_tokens: int | None
     completion_tokens: int | None
     model: str | None = None
+    anomalies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        prompt, completion, notes = settle_counts(self.prompt_tokens, self.completion_tokens)
+        object.__setattr__(self, "prompt_tokens", prompt)
+        object.__setattr__(self, "completion_tokens", completion)
+        object.__setattr__(self, "anomalies", self.anomalies + notes)
 
 
 StreamItem = str | StreamUsage
@@ -169,11 +200,82 @@ def as_list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+class SuspectCount(int):
+    """A token count a provider reported that cannot be used as it was (see `int_or_none`).
+
+    It is an int, so every wire format passes it on unchanged into `Completion` or
+    `StreamUsage`; those settle it (`settle_counts`) into `usable` (the clamped count, or None
+    when the value was no count at all) and keep `note` among their `anomalies`.
+    """
+
+    usable: int | None
+    note: str
+
+    def __new__(cls, usable: int | None, note: str) -> SuspectCount:
+        count = super().__new__(cls, usable or 0)
+        count.usable = usable
+        count.note = note
+        return count
+
+
 def int_or_none(value: object) -> int | None:
-    """A token count from untrusted JSON: a non-negative int, or None."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
+    """A token count from untrusted JSON: an int in 0..MAX_TOKENS_PER_CALL, None if absent.
+
+    Anything else is a `SuspectCount`: too large (an int of 400 digits, `1e308`) is clamped
+    to `MAX_TOKENS_PER_CALL`; negative, not finite, or not a number (a string, a bool) counts
+    as unknown. A float that is a whole number in range is taken as that int.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= MAX_TOKENS_PER_CALL:
+            return value
+        if value > MAX_TOKENS_PER_CALL:
+            return SuspectCount(
+                MAX_TOKENS_PER_CALL, f"{_describe(value)}, clamped to {MAX_TOKENS_PER_CALL}"
+            )
+        return SuspectCount(None, f"{_describe(value)}, ignored")
+    if isinstance(value, float) and math.isfinite(value) and value >= 0:
+        if value.is_integer() and value <= MAX_TOKENS_PER_CALL:
+            return int(value)
+        usable = min(int(value), MAX_TOKENS_PER_CALL)
+        return SuspectCount(usable, f"{_describe(value)}, taken as {usable}")
+    return SuspectCount(None, f"{_describe(value)}, ignored")
+
+
+def _describe(value: object) -> str:
+    """A short, safe description of an untrusted value, for an anomaly note."""
+    if isinstance(value, bool):
+        return f"reported as {str(value).lower()}"
+    if isinstance(value, int):
+        if abs(value) < 10**NOTE_EXCERPT_CHARS:
+            return f"reported as {value}"
+        return f"reported as an int of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return f"reported as {value!r}"
+    if isinstance(value, str):
+        return f"reported as a string {value[:NOTE_EXCERPT_CHARS]!r}"
+    return f"reported as a {type(value).__name__}"
+
+
+def settle_counts(
+    prompt_tokens: int | None, completion_tokens: int | None
+) -> tuple[int | None, int | None, tuple[str, ...]]:
+    """Plain counts for a result, and a note for each count that was out of range or no count.
+
+    Counts that did not come through `int_or_none` are checked here too, so whatever a wire
+    format does, a result never carries an unusable count.
+    """
+    settled: list[int | None] = []
+    notes: list[str] = []
+    for name, count in (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens)):
+        checked = count if isinstance(count, SuspectCount) else int_or_none(count)
+        if isinstance(checked, SuspectCount):
+            settled.append(checked.usable)
+            notes.append(f"{name} {checked.note}")
+        else:
+            settled.append(checked)
+    return settled[0], settled[1], tuple(notes)
 
 
 def merged_turns(request: LLMRequest) -> list[tuple[str, str]]:
@@ -254,6 +356,7 @@ class Provider(ABC):
             latency_ms=self._elapsed_ms(started),
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens,
+            anomalies=answer.anomalies,
         )
 
     @abstractmethod
@@ -321,7 +424,9 @@ class Provider(ABC):
         """The whole completion as one delta: for `stream: false` and non-streaming formats."""
         result = await self.complete(session, request, timeout_seconds)
         yield result.text
-        yield StreamUsage(result.prompt_tokens, result.completion_tokens, result.model)
+        yield StreamUsage(
+            result.prompt_tokens, result.completion_tokens, result.model, result.anomalies
+        )
 
     async def check_availability(
         self, session: aiohttp.ClientSession, timeout_seconds: float = 5.0
