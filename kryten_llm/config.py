@@ -31,6 +31,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 ENV_PREFIX = "KRYTEN_LLM_"
 
+EVENT_BYTES_PER_CHAT_CHAR = 12
+"""Most bytes one character of chat text can take on the bus: the bridge writes JSON with
+`\\uXXXX` escapes, so a character outside the BMP is 12 bytes (CyTube's HTML escaping of an
+ASCII character, `&quot;` at most, is 6)."""
+EVENT_ENVELOPE_BYTES = 4096
+"""Room for the rest of a chatMsg event (envelope, username, meta) next to its text."""
+NATS_PAYLOAD_BYTES_MAX = 64 * 2**20
+"""NATS refuses to configure `max_payload` above 64 MiB, so no event can be larger."""
+
 
 class Section(BaseModel):
     """Base for config sections: unknown keys are errors, so typos are reported, not ignored."""
@@ -604,10 +613,46 @@ class ContextSettings(Section):
 
 
 class ListenerSettings(Section):
-    """Which senders are never answered."""
+    """Which senders are never answered, and the one size rule for what comes off the bus.
+
+    The size rule: an event whose raw bytes exceed `max_event_bytes` is dropped and counted
+    before it is decoded; every event within it is decoded, and chat text longer than
+    `max_chat_chars` (after unescaping) is cut to that length and marked `…[cut N chars]`, so
+    the prompt, the room's history and the JSONL record hold at most that much of one line.
+    The byte limit must leave room for a line the text limit keeps
+    (`max_event_bytes >= 12 * max_chat_chars + 4096`), so the text limit decides what a
+    chat line becomes and the byte limit only stops what no bridge sends.
+    """
 
     ignored_users: list[str] = Field(default_factory=list)
     """Users never answered (case-insensitive)."""
+    max_chat_chars: Annotated[int, Field(ge=320, le=100_000)] = Field(
+        4000,
+        description="Chat text longer than this (in characters, after unescaping) is cut and "
+        "marked `…[cut N chars]` where the line is parsed, before triggers, the prompt, the "
+        "room's history or the JSONL record see it. CyTube itself cuts a line at 240-320 "
+        "UTF-16 units (up to about 6x that once HTML-escaped), so the default never cuts a "
+        "line CyTube lets through.",
+    )
+    max_event_bytes: Annotated[int, Field(ge=65_536, le=NATS_PAYLOAD_BYTES_MAX)] = Field(
+        1_048_576,
+        description="Events larger than this (raw bytes, before decoding) are dropped and "
+        "counted, whatever their kind. The default is NATS's default `max_payload` (1 MiB), "
+        "far above a chatMsg within `max_chat_chars` and above a `userlist` of thousands of "
+        "users; for a larger user list raise it together with the server's `max_payload`. "
+        "Must be at least 12 * max_chat_chars + 4096.",
+    )
+
+    @model_validator(mode="after")
+    def _one_size_rule(self) -> ListenerSettings:
+        needed = EVENT_BYTES_PER_CHAT_CHAR * self.max_chat_chars + EVENT_ENVELOPE_BYTES
+        if self.max_event_bytes < needed:
+            raise ValueError(
+                f"max_event_bytes {self.max_event_bytes} would drop chat lines that "
+                f"max_chat_chars {self.max_chat_chars} keeps; it must be at least {needed} "
+                f"({EVENT_BYTES_PER_CHAT_CHAR} * max_chat_chars + {EVENT_ENVELOPE_BYTES})"
+            )
+        return self
 
 
 class ServiceSettings(Section):
