@@ -6,6 +6,11 @@ LLM attempts, guard, sender) carries the same id without each call site passing 
 
 kryten-py calls `setLevel()` on its own logger with its config's level when a client is
 built, which would override the operator's `--log-level`; `apply_level` re-asserts it.
+
+Log lines carry strangers' text (usernames, chat, correlation ids from the bus). In the text
+format a newline in a username would start a line of its own that looks like the service's;
+`TextFormatter` writes every control character as a visible escape instead, so one record is
+one physical line. The JSON format escapes them already (`json.dumps`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +26,11 @@ from typing import Any
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s%(cid_suffix)s"
 QUIET_LIBRARIES = ("aiohttp.access", "asyncio")
 LOG_FORMATS = ("text", "json")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""C0 and C1 controls (newline, carriage return, ESC, NEL, ...), the Unicode line and
+paragraph separators, and the bidirectional overrides that can make a line read backwards."""
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
 
@@ -55,6 +66,51 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+def escape_controls(text: str) -> str:
+    """`text` with each control character written as a visible escape (`\\n`, `\\x1b`, ...)."""
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group(0)
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, one physical line per record whatever the message or its args hold.
+
+    The record line (message with its args, logger name, correlation id) is escaped whole.
+    A traceback keeps its own line breaks, but every line of it is indented, so nothing in
+    an exception's message can start a line that looks like a record of its own.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Render the traceback ourselves: another handler's formatter may have cached its own
+        # (unindented) rendering in `exc_text`.
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(block: str) -> str:
+    return "\n".join(f"    {escape_controls(line)}" for line in block.split("\n"))
+
+
 class KrytenNoise(logging.Filter):
     """Keeps kryten-py's logger truthful for operators.
 
@@ -85,7 +141,7 @@ logging.getLogger("kryten").addFilter(KRYTEN_NOISE)
 def setup_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(CorrelationFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     apply_level(level)
