@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def validate_config(path: Path | None) -> int:
+def validate_config(path: Path | None, log_format: str = "text") -> int:
+    setup_logging("WARNING", log_format)  # warnings about a valid file are shown, not lost
     try:
         settings = load_settings(path)
     except ConfigError as exc:
@@ -102,7 +103,7 @@ def validate_config(path: Path | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.validate_config:
-        return validate_config(args.config)
+        return validate_config(args.config, args.log_format)
     if args.command == "stats":
         from kryten_llm.tools.stats import run_stats
 

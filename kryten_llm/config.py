@@ -7,14 +7,23 @@ first ``kryten-llm`` need no file at all.
 
 Secrets never live in plain ``str`` fields: API keys and NATS credentials are ``SecretStr`` and
 the validation report redacts anything whose field name looks secret.
+
+What JSON itself lets through silently is an error here: a key given twice, `NaN` and
+`Infinity` (and non-finite numbers from the environment), nesting deeper than any config
+needs, sizes and times beyond any sane bound, and operator regular expressions that can
+backtrack catastrophically. An inline secret in a file other users can read is a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
+import stat
 import unicodedata
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,18 +36,50 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
+from kryten_llm._regex_check import backtracking_risk
 from kryten_llm.redact import MARKER, redact_text
 from kryten_llm.types import ChannelKey
 
+log = logging.getLogger(__name__)
+
 ENV_PREFIX = "KRYTEN_LLM_"
+CONFIG_DEPTH_MAX = 32
+"""Deepest nesting a config file may have; the deepest real one (usage.prices.<model>) is 4."""
+
+# Upper bounds for fields that had none: generous for any real deployment, but a typo such as
+# `1e23` or an extra row of zeros is a config error at load time, not a surprise at run time.
+WEEK_SECONDS = 7 * 86_400
+"""The longest cooldown any setting may ask for."""
+KEEP_ALIVE_SECONDS_MAX = 366 * 86_400
+"""The longest Ollama `keep_alive` in seconds (-1 keeps the model loaded for good)."""
+LOG_FILE_BYTES_MAX = 100 * 2**30
+"""The largest `response_log.max_bytes` (100 GiB)."""
+REPLY_COUNT_MAX = 100_000_000
+"""The largest reply count a rate limit may allow: far past what any channel takes, so a large
+value still reads as "unlimited", but `1e23` is refused."""
+BUDGET_USD_MAX = 1_000_000.0
+"""The largest daily budget in USD."""
+EVENT_BYTES_PER_CHAT_CHAR = 12
+"""Most bytes one character of chat text can take on the bus: the bridge writes JSON with
+`\\uXXXX` escapes, so a character outside the BMP is 12 bytes (CyTube's HTML escaping of an
+ASCII character, `&quot;` at most, is 6)."""
+EVENT_ENVELOPE_BYTES = 4096
+"""Room for the rest of a chatMsg event (envelope, username, meta) next to its text."""
+NATS_PAYLOAD_BYTES_MAX = 64 * 2**20
+"""NATS refuses to configure `max_payload` above 64 MiB, so no event can be larger."""
 
 
 class Section(BaseModel):
     """Base for config sections: unknown keys are errors, so typos are reported, not ignored."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 class NatsSettings(Section):
@@ -177,6 +218,13 @@ class ProviderSettings(Section):
             raise ValueError("must be the name of an environment variable, not the key itself")
         return value
 
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive_bounded(cls, value: str | int | None) -> str | int | None:
+        if isinstance(value, int) and not -1 <= value <= KEEP_ALIVE_SECONDS_MAX:
+            raise ValueError(f"must be -1 (forever) or 0..{KEEP_ALIVE_SECONDS_MAX} seconds")
+        return value
+
     @field_validator("extra_headers", mode="after")
     @classmethod
     def _no_header_injection(cls, value: dict[str, str]) -> dict[str, str]:
@@ -253,9 +301,9 @@ class UsageSettings(Section):
         default_factory=dict,
         description="Keyed by model name (as configured); models not listed cost nothing.",
     )
-    daily_budget_usd: Annotated[float | None, Field(ge=0)] = None
-    channel_daily_budget_usd: Annotated[float | None, Field(ge=0)] = None
-    user_daily_budget_usd: Annotated[float | None, Field(ge=0)] = None
+    daily_budget_usd: Annotated[float | None, Field(ge=0, le=BUDGET_USD_MAX)] = None
+    channel_daily_budget_usd: Annotated[float | None, Field(ge=0, le=BUDGET_USD_MAX)] = None
+    user_daily_budget_usd: Annotated[float | None, Field(ge=0, le=BUDGET_USD_MAX)] = None
     on_budget_exhausted: Literal["cheaper_provider", "silent"] = "silent"
     """What to do when a daily budget is spent: switch to `cheaper_provider`, or stay silent."""
     cheaper_provider: str | None = Field(
@@ -281,12 +329,12 @@ class TriggerSettings(Section):
     """Whole words or phrases (case-insensitive), or regular expressions prefixed `re:`."""
     probability: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     """Chance (0..1) that a matching line is answered."""
-    cooldown_seconds: Annotated[float, Field(ge=0)] = 300.0
+    cooldown_seconds: Annotated[float, Field(ge=0, le=WEEK_SECONDS)] = 300.0
     """Silence for this trigger after it answered, per channel."""
     context: str = ""
     """Situation text added to the system prompt for this trigger."""
     response_style: str | None = None
-    max_responses_per_hour: Annotated[int, Field(ge=0)] = 10
+    max_responses_per_hour: Annotated[int, Field(ge=0, le=REPLY_COUNT_MAX)] = 10
     """Hourly cap for this trigger, per channel."""
     priority: int = 5
     """When several triggers match, the highest priority wins (mentions beat all)."""
@@ -301,10 +349,7 @@ class TriggerSettings(Section):
             if not pattern.strip():
                 raise ValueError("patterns must not be blank")
             if pattern.startswith("re:"):
-                try:
-                    re.compile(pattern[3:])
-                except re.error as exc:
-                    raise ValueError(f"invalid regular expression {pattern[3:]!r}: {exc}") from None
+                _check_regexes([pattern[3:]])
         return patterns
 
 
@@ -317,19 +362,19 @@ class RateLimitSettings(Section):
     `admin_limit_multiplier`, so moderators can demo or test the bot without waiting.
     """
 
-    global_max_per_minute: Annotated[int, Field(ge=0)] = 2
+    global_max_per_minute: Annotated[int, Field(ge=0, le=REPLY_COUNT_MAX)] = 2
     """Replies per minute in one channel."""
-    global_max_per_hour: Annotated[int, Field(ge=0)] = 20
+    global_max_per_hour: Annotated[int, Field(ge=0, le=REPLY_COUNT_MAX)] = 20
     """Replies per hour in one channel."""
-    global_cooldown_seconds: Annotated[float, Field(ge=0)] = 15.0
+    global_cooldown_seconds: Annotated[float, Field(ge=0, le=WEEK_SECONDS)] = 15.0
     """Silence in a channel after each reply."""
-    user_max_per_hour: Annotated[int, Field(ge=0)] = 5
+    user_max_per_hour: Annotated[int, Field(ge=0, le=REPLY_COUNT_MAX)] = 5
     """Replies per hour to one user."""
-    user_cooldown_seconds: Annotated[float, Field(ge=0)] = 60.0
+    user_cooldown_seconds: Annotated[float, Field(ge=0, le=WEEK_SECONDS)] = 60.0
     """Silence towards a user after replying to them."""
-    mention_cooldown_seconds: Annotated[float, Field(ge=0)] = 120.0
+    mention_cooldown_seconds: Annotated[float, Field(ge=0, le=WEEK_SECONDS)] = 120.0
     """Minimum time between answered mentions from one user."""
-    admin_min_rank: Annotated[float, Field(ge=0)] = 2.0
+    admin_min_rank: Annotated[float, Field(ge=0, le=1000)] = 2.0
     """Users at or above this CyTube rank (2 = moderator) get the multipliers below."""
     admin_cooldown_multiplier: Annotated[float, Field(ge=0, le=1)] = 0.5
     """Their cooldowns are multiplied by this (0.5 halves them)."""
@@ -405,7 +450,7 @@ class ResponseLogSettings(Section):
     path: Path = Path("logs/responses.jsonl")
     """The JSONL file; missing directories are created. Relative paths start in the working
     directory."""
-    max_bytes: Annotated[int, Field(ge=0)] = Field(
+    max_bytes: Annotated[int, Field(ge=0, le=LOG_FILE_BYTES_MAX)] = Field(
         10_000_000, description="Rotate when the file would grow past this; 0 never rotates."
     )
     backup_count: Annotated[int, Field(ge=0, le=1000)] = Field(
@@ -491,12 +536,22 @@ DEFAULT_ARTIFACT_PATTERNS: tuple[str, ...] = (
 
 
 def _check_regexes(patterns: list[str]) -> list[str]:
-    """Fail at load time, with the offending pattern, rather than at the first reply."""
+    """Fail at load time, with the offending pattern, rather than at the first reply.
+
+    A pattern that compiles is also refused if it can backtrack catastrophically: these run
+    on every chat line or reply, on the event loop, and Python's `re` has no time limit.
+    """
     for pattern in patterns:
         try:
             re.compile(pattern)
         except re.error as exc:
             raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        risk = backtracking_risk(pattern)
+        if risk is not None:
+            raise ValueError(
+                f"regular expression {pattern!r} can backtrack catastrophically ({risk}); "
+                "rewrite it so each piece of text can match only one way, e.g. `(a+)+` as `a+`"
+            )
     return patterns
 
 
@@ -612,10 +667,46 @@ class ContextSettings(Section):
 
 
 class ListenerSettings(Section):
-    """Which senders are never answered."""
+    """Which senders are never answered, and the one size rule for what comes off the bus.
+
+    The size rule: an event whose raw bytes exceed `max_event_bytes` is dropped and counted
+    before it is decoded; every event within it is decoded, and chat text longer than
+    `max_chat_chars` (after unescaping) is cut to that length and marked `…[cut N chars]`, so
+    the prompt, the room's history and the JSONL record hold at most that much of one line.
+    The byte limit must leave room for a line the text limit keeps
+    (`max_event_bytes >= 12 * max_chat_chars + 4096`), so the text limit decides what a
+    chat line becomes and the byte limit only stops what no bridge sends.
+    """
 
     ignored_users: list[str] = Field(default_factory=list)
     """Users never answered (case-insensitive)."""
+    max_chat_chars: Annotated[int, Field(ge=320, le=100_000)] = Field(
+        4000,
+        description="Chat text longer than this (in characters, after unescaping) is cut and "
+        "marked `…[cut N chars]` where the line is parsed, before triggers, the prompt, the "
+        "room's history or the JSONL record see it. CyTube itself cuts a line at 240-320 "
+        "UTF-16 units (up to about 6x that once HTML-escaped), so the default never cuts a "
+        "line CyTube lets through.",
+    )
+    max_event_bytes: Annotated[int, Field(ge=65_536, le=NATS_PAYLOAD_BYTES_MAX)] = Field(
+        1_048_576,
+        description="Events larger than this (raw bytes, before decoding) are dropped and "
+        "counted, whatever their kind. The default is NATS's default `max_payload` (1 MiB), "
+        "far above a chatMsg within `max_chat_chars` and above a `userlist` of thousands of "
+        "users; for a larger user list raise it together with the server's `max_payload`. "
+        "Must be at least 12 * max_chat_chars + 4096.",
+    )
+
+    @model_validator(mode="after")
+    def _one_size_rule(self) -> ListenerSettings:
+        needed = EVENT_BYTES_PER_CHAT_CHAR * self.max_chat_chars + EVENT_ENVELOPE_BYTES
+        if self.max_event_bytes < needed:
+            raise ValueError(
+                f"max_event_bytes {self.max_event_bytes} would drop chat lines that "
+                f"max_chat_chars {self.max_chat_chars} keeps; it must be at least {needed} "
+                f"({EVENT_BYTES_PER_CHAT_CHAR} * max_chat_chars + {EVENT_ENVELOPE_BYTES})"
+            )
+        return self
 
 
 class ServiceSettings(Section):
@@ -715,6 +806,7 @@ class Settings(BaseSettings):
         env_nested_max_split=1,
         case_sensitive=False,
         extra="forbid",
+        allow_inf_nan=False,
     )
 
     nats: NatsSettings = Field(default_factory=NatsSettings)
@@ -879,6 +971,14 @@ def build_settings(data: dict[str, Any], source: str) -> Settings:
         if overrides:
             problems.append(f"(note) environment overrides in effect: {', '.join(overrides)}")
         raise ConfigError(source, problems) from None
+    except (SettingsError, RecursionError) as exc:
+        # An environment override that is not JSON, or is nested absurdly deep: the message
+        # names the field, never the value (it may be a secret).
+        reason = str(exc) if isinstance(exc, SettingsError) else "nested too deeply"
+        in_effect = ", ".join(_env_overrides_present()) or "none"
+        raise ConfigError(
+            source, [f"(environment): {reason} (overrides in effect: {in_effect})"]
+        ) from None
 
 
 def load_settings(path: str | Path | None) -> Settings:
@@ -896,10 +996,114 @@ def load_settings(path: str | Path | None) -> Settings:
         raise ConfigError(source, ["permission denied"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [f"cannot be read: {exc.__class__.__name__}"]) from None
+    data = parse_config_json(text, source)
+    settings = build_settings(data, source)
+    for warning in file_warnings(Path(path), data):
+        log.warning("%s", warning)
+    return settings
+
+
+class _JsonObject(dict[str, Any]):
+    """A parsed JSON object that remembers the keys it saw more than once."""
+
+    duplicates: list[str]
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> _JsonObject:
+    obj = _JsonObject(pairs)
+    obj.duplicates = [key for key, count in Counter(k for k, _ in pairs).items() if count > 1]
+    return obj
+
+
+def parse_config_json(text: str, source: str) -> Any:
+    """The file's JSON, or ConfigError for anything JSON alone would accept silently.
+
+    `json.loads` keeps the last of two equal keys (so a pasted-in second `api_key` or
+    `cooldown_seconds` would silently win), reads `NaN`, `Infinity` and `1e999` as numbers,
+    and either recurses until Python stops it or hands back a structure too deep to walk.
+    Each of those is a problem here, named by its path.
+    """
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_object_pairs)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             source, [f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]
         ) from None
-    return build_settings(data, source)
+    except ValueError as exc:  # a number of more than 4300 digits
+        raise ConfigError(source, [f"invalid JSON: {str(exc).split(':')[0]}"]) from None
+    except RecursionError:
+        raise ConfigError(
+            source,
+            [f"(top level): nested too deeply (a config needs at most {CONFIG_DEPTH_MAX} levels)"],
+        ) from None
+    problems = _shape_problems(data)
+    if problems:
+        raise ConfigError(source, problems)
+    return data
+
+
+def _shape_problems(data: Any) -> list[str]:
+    """Duplicate keys, non-finite numbers and excessive depth, anywhere outside comments.
+
+    Iterative, not recursive: the structure came from a file and may be deep.
+    """
+    problems: list[str] = []
+    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        where = ".".join(path) or "(top level)"
+        if len(path) > CONFIG_DEPTH_MAX:
+            problems.append(f"{where}: nested deeper than {CONFIG_DEPTH_MAX} levels")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{where}: {json.dumps(value)} is not a finite number")
+        elif isinstance(value, _JsonObject):
+            problems += [
+                f"{where}: duplicate key {key!r} (JSON would silently keep only the last one)"
+                for key in value.duplicates
+                if not key.startswith("_")
+            ]
+            stack += [
+                ((*path, key), item) for key, item in value.items() if not key.startswith("_")
+            ]
+        elif isinstance(value, list):
+            stack += [((*path, str(index)), item) for index, item in enumerate(value)]
+    return sorted(problems)
+
+
+INLINE_SECRETS = ("nats.password", "nats.token", "control.token")
+"""Secrets a config file may hold inline besides each provider's `api_key`."""
+
+
+def file_warnings(path: Path, data: Any) -> list[str]:
+    """Warnings about a valid config file: inline secrets in a file other users can read.
+
+    Not an error: a config that works keeps working, but the operator is told, once per load
+    (so at start and on every reload), which file, which secrets, and how to fix it.
+    """
+    if os.name == "nt" or not isinstance(data, dict):
+        return []
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return []
+    if not mode & 0o044:
+        return []
+    found = [
+        f"llm_providers.{name}.api_key"
+        for name, provider in (data.get("llm_providers") or {}).items()
+        if isinstance(provider, dict) and provider.get("api_key")
+    ]
+    for dotted in INLINE_SECRETS:
+        section, field = dotted.split(".")
+        value = data.get(section)
+        if isinstance(value, dict) and value.get(field):
+            found.append(dotted)
+    if not found:
+        return []
+    return [
+        f"Configuration {path}: {', '.join(found)} sits inline in a file other users can "
+        f"read (mode {mode:04o}); run `chmod 600 {path}`, or keep the secret out of the file "
+        "(api_key_env for a provider key, KRYTEN_LLM_NATS_PASSWORD / KRYTEN_LLM_NATS_TOKEN / "
+        "KRYTEN_LLM_CONTROL_TOKEN for the others)"
+    ]

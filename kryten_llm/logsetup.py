@@ -9,6 +9,11 @@ built, which would override the operator's `--log-level`; `apply_level` re-asser
 
 Every line, text or JSON, passes `RedactFilter` first: configured secrets and key-shaped
 strings never reach the log, whoever logged them (us, kryten-py, nats-py, aiohttp).
+
+Log lines carry strangers' text (usernames, chat, correlation ids from the bus). In the text
+format a newline in a username would start a line of its own that looks like the service's;
+`TextFormatter` writes every control character as a visible escape instead, so one record is
+one physical line. The JSON format escapes them already (`json.dumps`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +31,11 @@ from kryten_llm.redact import redact_text
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s%(cid_suffix)s"
 QUIET_LIBRARIES = ("aiohttp.access", "asyncio")
 LOG_FORMATS = ("text", "json")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""C0 and C1 controls (newline, carriage return, ESC, NEL, ...), the Unicode line and
+paragraph separators, and the bidirectional overrides that can make a line read backwards."""
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
 
@@ -89,6 +100,51 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+def escape_controls(text: str) -> str:
+    """`text` with each control character written as a visible escape (`\\n`, `\\x1b`, ...)."""
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group(0)
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, one physical line per record whatever the message or its args hold.
+
+    The record line (message with its args, logger name, correlation id) is escaped whole.
+    A traceback keeps its own line breaks, but every line of it is indented, so nothing in
+    an exception's message can start a line that looks like a record of its own.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Render the traceback ourselves: another handler's formatter may have cached its own
+        # (unindented) rendering in `exc_text`.
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(block: str) -> str:
+    return "\n".join(f"    {escape_controls(line)}" for line in block.split("\n"))
+
+
 class KrytenNoise(logging.Filter):
     """Keeps kryten-py's logger truthful for operators.
 
@@ -120,7 +176,7 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(CorrelationFilter())
     handler.addFilter(RedactFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     apply_level(level)

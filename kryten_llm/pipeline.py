@@ -58,7 +58,7 @@ from kryten_llm.decide.limits import RateLimiter
 from kryten_llm.decide.ranks import RankRegistry
 from kryten_llm.decide.spam import SpamGuard
 from kryten_llm.decide.triggers import TriggerEngine
-from kryten_llm.events import MalformedEvent, parse_chat, parse_media
+from kryten_llm.events import MalformedEvent, MalformedEvents, parse_chat, parse_media
 from kryten_llm.llm.manager import LLMManager
 from kryten_llm.logsetup import correlation_id
 from kryten_llm.ops.metrics import Metrics
@@ -153,6 +153,7 @@ class Pipeline:
         self.paused: set[ChannelKey] = set()
         """Rooms the operator paused: heard and remembered, not answered."""
         self.ranks = RankRegistry()
+        self.malformed = MalformedEvents()
         self.filter = MessageFilter(settings.bot_names(), settings.listener.ignored_users, start_ms)
         self.context = ContextManager(settings.context)
         self.limiter = RateLimiter(settings.rate_limits, clock=clock)
@@ -229,15 +230,15 @@ class Pipeline:
             return None
         try:
             if event_name == "chatmsg":
-                return self._decide_chat(parse_chat(envelope, received_monotonic), channel)
+                limit = self.settings.listener.max_chat_chars
+                line = parse_chat(envelope, received_monotonic, max_text_chars=limit)
+                return self._decide_chat(line, channel)
             if event_name == "changemedia":
                 self.context.set_video(parse_media(envelope))
             elif event_name in RANK_EVENTS:
                 self.ranks.apply_event(key, event_name, envelope.get("payload"))
         except MalformedEvent as exc:
-            log.warning(
-                "malformed %s event on %s ignored: %s", event_name, envelope["channel"], exc
-            )
+            self.malformed.note(f"{event_name} event on {envelope['channel']}", str(exc))
         return None
 
     def _decide_chat(self, line: ChatLine, channel: ChannelSettings) -> ReplyJob | None:

@@ -129,3 +129,55 @@ def test_a_clean_disconnect_is_not_a_warning(collected: Collect) -> None:
         ("WARNING", "Disconnected from NATS", None),
         ("ERROR", "Failed to connect to NATS: nope", None),
     ]
+
+
+HOSTILE_NAME = (
+    "eve\n2026-01-01 00:00:00,000 INFO    kryten_llm.pipeline: replied to admin\r\x1b[2J\u2028\x85"
+)
+
+
+def test_text_format_keeps_a_hostile_username_on_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        setup_logging("INFO", "text")
+        token = correlation_id.set("cid\nINFO forged")
+        logging.getLogger("kryten_llm.pipeline").info(
+            "not answering %s in %s: %s", HOSTILE_NAME, "lounge", "spam"
+        )
+        logging.getLogger("kryten_llm.pipeline").warning(f"message built by {HOSTILE_NAME}")
+        correlation_id.reset(token)
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    lines = err.split("\n")
+    assert len(lines) == 3 and lines[-1] == "", lines  # two records, two physical lines
+    assert not any(sep in err for sep in ("\r", "\x1b", "\u2028", "\x85"))
+    first = lines[0]
+    assert "not answering eve\\n2026-01-01 00:00:00,000 INFO" in first
+    assert "\\r\\x1b[2J\\u2028\\x85 in lounge: spam" in first
+    assert first.endswith("[cid\\nINFO forged]")
+    assert "message built by eve\\n" in lines[1]
+
+
+def test_text_format_indents_every_line_of_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        setup_logging("INFO", "text")
+        try:
+            raise ValueError(f"bad name {HOSTILE_NAME}")
+        except ValueError:
+            logging.getLogger("kryten_llm.test").exception("failed for %s", "x")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    lines = capsys.readouterr().err.rstrip("\n").split("\n")
+    assert lines[0].endswith("failed for x")
+    assert all(line.startswith("    ") for line in lines[1:]), lines
+    assert any("Traceback" in line for line in lines[1:])

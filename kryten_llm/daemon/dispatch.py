@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from kryten_llm._throttle import ThrottledCount
 from kryten_llm.daemon.listener import InboundEvent
-from kryten_llm.events import MalformedEvent, decode_envelope
+from kryten_llm.events import MalformedEvent, MalformedEvents, correlation_of, decode_envelope
 from kryten_llm.logsetup import correlation_id
 from kryten_llm.pipeline import ReplyJob
 
@@ -45,11 +45,14 @@ class Dispatcher:
         workers: int,
         reply_queue_size: int,
         on_dropped: OnDropped | None = None,
+        malformed: MalformedEvents | None = None,
     ) -> None:
         self._inbound = inbound
         self._decide = decide
         self._reply = reply
         self._on_dropped = on_dropped
+        self.malformed = malformed or MalformedEvents()
+        """Shared with the pipeline, so envelope and payload problems are counted together."""
         self._worker_count = workers
         self.replies: asyncio.Queue[ReplyJob] = asyncio.Queue(maxsize=reply_queue_size)
         self._tasks: list[asyncio.Task[None]] = []
@@ -66,10 +69,9 @@ class Dispatcher:
         try:
             envelope = decode_envelope(event.data)
         except MalformedEvent as exc:
-            log.warning("malformed event on %s ignored: %s", event.subject, exc)
+            self.malformed.note(f"event on {event.subject}", str(exc))
             return
-        cid = envelope.get("correlation_id")
-        token = correlation_id.set(cid if isinstance(cid, str) else "")
+        token = correlation_id.set(correlation_of(envelope))
         try:
             job = self._decide(event_name_of(event.subject), envelope, event.received_monotonic)
         finally:

@@ -13,12 +13,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from kryten_llm._throttle import ThrottledCount
-from kryten_llm.config import ChannelSettings
+from kryten_llm.config import ChannelSettings, ListenerSettings
 from kryten_llm.events import chat_subject
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 EVENTS = ("chatMsg", "changeMedia", "addUser", "userlist", "setUserRank", "userLeave")
 DROP_LOG_INTERVAL_SECONDS = 5.0
 CONFIRM_TIMEOUT_SECONDS = 5.0
+DEFAULT_MAX_EVENT_BYTES = ListenerSettings().max_event_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +42,20 @@ class InboundEvent:
 class MessageListener:
     """Subscribes to each channel's events and feeds one bounded queue."""
 
-    def __init__(self, client: Any, channels: Iterable[ChannelSettings], queue_size: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        channels: Iterable[ChannelSettings],
+        queue_size: int,
+        max_event_bytes: Callable[[], int] = lambda: DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
         self._client = client
         self._channels = list(channels)
         self.queue: asyncio.Queue[InboundEvent] = asyncio.Queue(maxsize=queue_size)
         self._drops = ThrottledCount(DROP_LOG_INTERVAL_SECONDS)
+        self._oversized = ThrottledCount(DROP_LOG_INTERVAL_SECONDS)
+        self._max_event_bytes = max_event_bytes
+        """Read per event (a cheap getter), so a reloaded `listener.max_event_bytes` applies."""
         self._subscriptions: list[Any] = []
         self.accepting = True
 
@@ -89,6 +99,10 @@ class MessageListener:
     async def _on_message(self, msg: Any) -> None:
         if not self.accepting:
             return
+        limit = self._max_event_bytes()
+        if len(msg.data) > limit:  # the size rule: see `ListenerSettings`
+            self._note_oversized(msg.subject, len(msg.data), limit)
+            return
         event = InboundEvent(msg.subject, msg.data, time.monotonic())
         try:
             self.queue.put_nowait(event)
@@ -98,6 +112,24 @@ class MessageListener:
     @property
     def dropped(self) -> int:
         return self._drops.total
+
+    @property
+    def oversized(self) -> int:
+        """Events dropped, before decoding, for being larger than `max_event_bytes`."""
+        return self._oversized.total
+
+    def _note_oversized(self, subject: str, size: int, limit: int) -> None:
+        since = self._oversized.note()
+        if since is not None:
+            log.warning(
+                "dropped %d event(s) larger than listener.max_event_bytes (%d) since the last "
+                "report, %d in total; latest: %d bytes on %s",
+                since,
+                limit,
+                self.oversized,
+                size,
+                subject,
+            )
 
     def _note_drop(self, event: InboundEvent) -> None:
         """Drop the newest event; warn at most every few seconds, with a count, not per event."""

@@ -242,7 +242,12 @@ class LLMService:
     def _start_workers(self, settings: Settings, client: Any, pipeline: Pipeline) -> None:
         """The dispatcher and reply workers, ready before any subscription can feed them."""
         processing = settings.message_processing
-        self.listener = MessageListener(client, settings.channels, processing.inbound_queue_size)
+        self.listener = MessageListener(
+            client,
+            settings.channels,
+            processing.inbound_queue_size,
+            max_event_bytes=lambda: self.settings.listener.max_event_bytes,
+        )
         self.dispatcher = Dispatcher(
             self.listener.queue,
             pipeline.decide,
@@ -250,6 +255,7 @@ class LLMService:
             workers=processing.workers,
             reply_queue_size=processing.queue_size,
             on_dropped=pipeline.log_dropped,
+            malformed=pipeline.malformed,
         )
         self.dispatcher.start()
         self._exit.push_async_callback(self._stop_workers)
