@@ -126,6 +126,6 @@ async def load_current_media(
         payload = json.loads(entry.value or b"null")
         envelope = {"channel": channel.channel, "domain": channel.domain, "payload": payload}
         return parse_media(envelope)
-    except (ValueError, MalformedEvent) as exc:
-        log.warning("ignoring unreadable current video in %s: %s", bucket, exc)
+    except (ValueError, RecursionError, MalformedEvent) as exc:  # RecursionError: deep JSON
+        log.warning("ignoring unreadable current video in %s: %s", bucket, type(exc).__name__)
         return None

@@ -135,10 +135,11 @@ class TextFormatter(logging.Formatter):
         return escape_controls(super().formatMessage(record))
 
     def formatException(self, ei: Any) -> str:
-        return _indented(super().formatException(ei))
+        # Rendered afresh (see format), so redacted here as RedactFilter redacts exc_text.
+        return _indented(redact_text(super().formatException(ei)))
 
     def formatStack(self, stack_info: str) -> str:
-        return _indented(super().formatStack(stack_info))
+        return _indented(redact_text(super().formatStack(stack_info)))
 
 
 def _indented(block: str) -> str:

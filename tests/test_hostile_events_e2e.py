@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from kryten_llm.events import CUT_MARK, chat_subject
+from kryten_llm.types import ChannelKey
 from tests.support.bridge import Bridge
 from tests.support.fake_llm import FakeLLM, last_user_message
 from tests.support.nats_server import NatsServer
@@ -23,6 +24,8 @@ HUGE_MENTION_BYTES = 600 * 1024
 DEFAULT_CHAT_CHARS = 4000
 REQUEST_BYTES_BOUND = 16 * 1024
 """A prompt with one bounded line (plus system prompt and history) stays well below this."""
+
+ROOM_A = ChannelKey("cytu.be", CHANNEL_A)
 
 
 @pytest.fixture
@@ -54,7 +57,7 @@ async def test_a_600_kb_mention_reaches_prompt_record_and_history_bounded(
         assert len(await bridge.wait_for_says(1)) == 1
         await bridge.chat(CHANNEL_A, "Bob", f"{BOT} what did Alice say?")
         assert len(await bridge.wait_for_says(2)) == 2
-        remembered = service.pipeline.context.snapshot(CHANNEL_A, "nobody").chat
+        remembered = service.pipeline.context.snapshot(ROOM_A, "nobody").chat
     first, second = fake_llm.requests
     assert request_bytes(first) < REQUEST_BYTES_BOUND
     asked = last_user_message(first)
@@ -113,8 +116,8 @@ async def test_a_big_userlist_is_not_dropped(
     async with running_service(make_settings(nats_server.url, fake_llm.base_url)) as service:
         await bridge.publish(CHANNEL_A, "userlist", users)
         await bridge.quiet_for(1.0)
-        assert service.pipeline.ranks.user_count(CHANNEL_A) == 2500
-        assert service.pipeline.ranks.rank_of(CHANNEL_A, "viewer00007") == 2
+        assert service.pipeline.ranks.user_count(ROOM_A) == 2500
+        assert service.pipeline.ranks.rank_of(ROOM_A, "viewer00007") == 2
         assert service.listener is not None and service.listener.oversized == 0
 
 

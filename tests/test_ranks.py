@@ -128,7 +128,9 @@ def test_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     assert registry.malformed == 101
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"\xff\xfe", b'{"users": []}', b"null", "[1,"])
+@pytest.mark.parametrize(
+    "raw", [b"not json", b"\xff\xfe", b'{"users": []}', b"null", "[1,", b"[" * 100_000]
+)
 def test_load_userlist_rejects_bad_documents(raw: bytes | str) -> None:
     registry = RankRegistry()
     registry.apply_event(room("lounge"), "addUser", {"name": "keep", "rank": 2})

@@ -150,7 +150,7 @@ class RankRegistry:
         if isinstance(users, bytes | str):
             try:
                 users = json.loads(users)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
                 self._warn(f"user list for {channel} is not JSON: {type(exc).__name__}")
                 return 0
         if not isinstance(users, list):
