@@ -38,3 +38,18 @@ def test_readme_names_the_commands_it_promises() -> None:
         "kryten-llm replay",
     ):
         assert command in readme, command
+
+
+def test_every_file_the_docs_name_exists() -> None:
+    """A doc that points at a test or module that was renamed is a doc that lies."""
+    import re
+
+    named = re.compile(r"`((?:tests|kryten_llm|benchmarks|docs)/[\w/.-]+\.(?:py|md))`")
+    in_package = re.compile(r"`((?:daemon|decide|reply|llm|ops|tools|state)/[\w/.-]+\.py)`")
+    missing = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text(encoding="utf-8")
+        paths = [ROOT / p for p in named.findall(text)]
+        paths += [ROOT / "kryten_llm" / p for p in in_package.findall(text)]
+        missing += [f"{doc.name}: {p.relative_to(ROOT)}" for p in paths if not p.exists()]
+    assert missing == []
