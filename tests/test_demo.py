@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kryten_llm.tools.demo import choose_model
 from kryten_llm.tools.offline import MarkovWriter, prompt_texts
 
@@ -21,6 +23,7 @@ MODEL_ENV = (
 )
 
 
+@pytest.mark.slow
 def test_demo_answers_with_the_offline_stand_in_and_says_so() -> None:
     env = {
         k: v

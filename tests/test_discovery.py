@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats
+import pytest
 from kryten import KrytenClient
 
 from kryten_llm.config import MetricsSettings, ServiceSettings
@@ -96,6 +97,7 @@ def announcer(client: KrytenClient, interval: float = HEARTBEAT_SECONDS) -> Anno
     )
 
 
+@pytest.mark.slow
 async def test_startup_discovery_heartbeats_and_one_shutdown(nats_server: NatsServer) -> None:
     async with observing(nats_server.url) as (_, seen):
         client = KrytenClient(client_config(nats_server.url))
@@ -201,6 +203,7 @@ async def test_stopped_announcer_no_longer_answers(nats_server: NatsServer) -> N
     assert seen.on("kryten.service.heartbeat") == []
 
 
+@pytest.mark.slow
 async def test_kryten_lifecycle_uses_our_heartbeat_interval(nats_server: NatsServer) -> None:
     """kryten-py's own heartbeat follows `service.heartbeat_interval_seconds` (min 5 s)."""
     async with observing(nats_server.url) as (_, seen):
@@ -250,6 +253,7 @@ async def _wait_listening(port: int) -> None:
                 await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_reannounces_after_a_nats_reconnect() -> None:
     """A server restart: kryten-py reconnects silently; we announce again at the next tick."""
     port = free_port()

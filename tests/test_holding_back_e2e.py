@@ -482,6 +482,7 @@ async def _ping_pong(
     raise AssertionError("the bots never stopped talking")
 
 
+@pytest.mark.slow
 async def test_two_bots_mentioning_each_other_stop_at_the_consecutive_cap(
     nats_server: NatsServer, answer: FakeLLM, bridge: Bridge
 ) -> None:
@@ -499,6 +500,7 @@ async def test_two_bots_mentioning_each_other_stop_at_the_consecutive_cap(
     assert all(r["username"] == "ChattyBot" for r in records)
 
 
+@pytest.mark.slow
 async def test_bots_taking_turns_stop_at_the_reply_window_cap(
     nats_server: NatsServer, answer: FakeLLM, bridge: Bridge
 ) -> None:

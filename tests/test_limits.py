@@ -285,6 +285,7 @@ def test_stats_report_saturation_per_channel() -> None:
     assert limiter.stats()["channels"] == {}, "stats prunes expired channels"
 
 
+@pytest.mark.slow
 def test_hundred_thousand_users_do_not_stay_tracked_after_their_windows() -> None:
     limiter, clock = make(max_tracked_users=1_000_000, user_cooldown_seconds=60)
     for i in range(100_000):

@@ -155,8 +155,16 @@ FAULTS: list[tuple[str, Any, list[str], str]] = [
 ]
 
 
+SLOW_FAULTS = frozenset({"hang"})
+"""Faults that wait out a real attempt timeout (marked slow for the inner loop)."""
+
+
 @pytest.mark.parametrize(
-    ("behaviour", "expected", "logged"), [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS]
+    ("behaviour", "expected", "logged"),
+    [
+        pytest.param(*f[1:], id=f[0], marks=[pytest.mark.slow] if f[0] in SLOW_FAULTS else [])
+        for f in FAULTS
+    ],
 )
 async def test_fault_falls_back(
     primary: FakeProvider,
@@ -221,6 +229,7 @@ async def test_redirect_is_an_error_not_retried_and_the_fallback_answers(
     assert len(backup.requests) == 1  # only the fallback's own request, nothing redirected
 
 
+@pytest.mark.slow
 async def test_hanging_provider_leaves_room_for_fallback(
     servers: dict[str, FakeProvider], backup: FakeProvider, session: aiohttp.ClientSession
 ) -> None:
@@ -325,6 +334,7 @@ async def test_every_provider_fails(
     assert SECRET not in caplog.text and SECRET not in str(info.value)
 
 
+@pytest.mark.slow
 async def test_deadline_bounds_the_whole_reply(
     servers: dict[str, FakeProvider], session: aiohttp.ClientSession
 ) -> None:
@@ -588,6 +598,7 @@ async def test_stream_each_kind(
     assert outcomes(result.attempts) == [("primary", "ok")]
 
 
+@pytest.mark.slow
 async def test_stream_first_delta_before_generation_ends(
     primary: FakeProvider, backup: FakeProvider, session: aiohttp.ClientSession
 ) -> None:
@@ -738,6 +749,7 @@ async def test_stream_abandoned_early_closes_cleanly(
             pass
 
 
+@pytest.mark.slow
 async def test_stream_past_the_deadline_ends_with_what_it_has(
     servers: dict[str, FakeProvider], backup: FakeProvider, session: aiohttp.ClientSession
 ) -> None:

@@ -138,6 +138,7 @@ def case_problem(index: int, record: dict[str, Any]) -> str | None:
 # --- the adversarial corpus -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_every_adversarial_output_is_published_safely_or_not_at_all(
     nats_server: NatsServer, fake_llm: FakeLLM, bridge: Bridge
 ) -> None:

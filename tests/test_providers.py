@@ -368,6 +368,7 @@ async def test_stream_request_wire(fake: FakeProvider, session: aiohttp.ClientSe
         assert sent.body["stream"] is True
 
 
+@pytest.mark.slow
 async def test_stream_first_delta_arrives_before_generation_ends(
     fake: FakeProvider, session: aiohttp.ClientSession
 ) -> None:

@@ -226,6 +226,7 @@ class SlowLog(ResponseLog):
         super()._write_batch(batch, secrets)
 
 
+@pytest.mark.slow
 async def test_a_slow_disk_never_blocks_the_loop(tmp_path: Path) -> None:
     log = SlowLog(settings(tmp_path))
     await log.start()
@@ -253,6 +254,7 @@ async def test_a_slow_disk_never_blocks_the_loop(tmp_path: Path) -> None:
     assert len(read_all(log.path)) == 300
 
 
+@pytest.mark.slow
 async def test_a_full_queue_drops_with_one_rate_limited_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

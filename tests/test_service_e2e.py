@@ -171,6 +171,7 @@ async def test_llm_command_output_is_never_published_as_a_command(
         assert not text.lstrip().startswith("/")
 
 
+@pytest.mark.slow
 async def test_five_simultaneous_mentions_overlap(
     nats_server: NatsServer, fake_llm: FakeLLM, bridge: Bridge
 ) -> None:
@@ -200,6 +201,7 @@ async def test_five_simultaneous_mentions_overlap(
     )
 
 
+@pytest.mark.slow
 async def test_llm_failures_skip_the_message_and_the_next_is_answered(
     nats_server: NatsServer, fake_llm: FakeLLM, bridge: Bridge, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -35,6 +35,8 @@ from tests.support.service import (
     running_service,
 )
 
+pytestmark = pytest.mark.slow  # real processes, signals and timeouts
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

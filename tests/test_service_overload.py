@@ -42,6 +42,8 @@ from tests.test_service_lifecycle import (
     write_config,
 )
 
+pytestmark = pytest.mark.slow  # real processes, signals and timeouts
+
 IN_FLIGHT = 10
 WORKERS = 4
 HANG_SECONDS = 8.0

@@ -350,6 +350,7 @@ def test_check_reply_is_pure() -> None:
 # --- bounds ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hundred_thousand_users_are_pruned_after_their_windows() -> None:
     guard, clock = make(max_tracked_users=1_000_000)
     for i in range(100_000):

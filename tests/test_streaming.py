@@ -97,6 +97,7 @@ def sse(text: str) -> bytes:
     return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
+@pytest.mark.slow
 async def test_first_streamed_line_reaches_nats_before_the_provider_finishes(
     nats_server: NatsServer, fake_llm: FakeLLM, bridge: Bridge
 ) -> None:
@@ -136,6 +137,7 @@ async def test_first_streamed_line_reaches_nats_before_the_provider_finishes(
     assert records[0]["parts"] == texts
 
 
+@pytest.mark.slow
 async def test_a_stream_cut_midway_keeps_what_was_sent_and_logs_why(
     nats_server: NatsServer, fake_llm: FakeLLM, bridge: Bridge
 ) -> None:
