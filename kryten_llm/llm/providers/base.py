@@ -65,6 +65,14 @@ NOTE_EXCERPT_CHARS = 24
 """How much of an unusable reported value an anomaly note quotes."""
 
 
+def _settle_usage(usage: Completion | StreamUsage) -> None:
+    """Clamp a frozen usage holder's counts in place and note what was wrong with them."""
+    prompt, completion, notes = settle_counts(usage.prompt_tokens, usage.completion_tokens)
+    object.__setattr__(usage, "prompt_tokens", prompt)
+    object.__setattr__(usage, "completion_tokens", completion)
+    object.__setattr__(usage, "anomalies", usage.anomalies + notes)
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """What a provider's completion response says: the text, the model and the usage.
@@ -81,10 +89,7 @@ class Completion:
     anomalies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        prompt, completion, notes = settle_counts(self.prompt_tokens, self.completion_tokens)
-        object.__setattr__(self, "prompt_tokens", prompt)
-        object.__setattr__(self, "completion_tokens", completion)
-        object.__setattr__(self, "anomalies", self.anomalies + notes)
+        _settle_usage(self)
 
 
 class ProviderError(Exception):
@@ -122,10 +127,7 @@ class StreamUsage:
     anomalies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        prompt, completion, notes = settle_counts(self.prompt_tokens, self.completion_tokens)
-        object.__setattr__(self, "prompt_tokens", prompt)
-        object.__setattr__(self, "completion_tokens", completion)
-        object.__setattr__(self, "anomalies", self.anomalies + notes)
+        _settle_usage(self)
 
 
 StreamItem = str | StreamUsage
