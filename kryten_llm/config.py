@@ -386,13 +386,16 @@ class SpamSettings(Section):
     streak_reset_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     """A reply streak ends after this long without a reply."""
     max_chat_share: Annotated[float, Field(gt=0, le=1)] = 0.05
-    """The bot's lines stay under this share of recent chat lines."""
+    """The bot's lines stay under this share of recent chat lines, its next reply counted; in
+    every room, except that a quiet room's mentions are answered (1 switches the cap off)."""
     chat_share_window_lines: Annotated[int, Field(ge=10, le=10_000)] = 200
     """Recent chat lines the share is measured over."""
     chat_share_window_seconds: Annotated[float, Field(gt=0, le=86_400)] = 1800.0
     """...no older than this."""
     chat_share_min_sample_lines: Annotated[int, Field(ge=1, le=10_000)] = 20
-    """The share is judged only once the window holds this many lines."""
+    """A room with fewer lines from people than this in the window is quiet: there a mention
+    is answered whatever the share (cooldowns still apply), and unasked replies never exceed
+    it."""
     max_tracked_users: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
     """Users tracked at once per process (least recently active forgotten first)."""
 

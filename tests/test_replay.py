@@ -205,7 +205,7 @@ async def test_sample_transcript_report_says_what_when_and_why(tmp_path: Path) -
     assert result.malformed == 0 and result.errors == 0
     assert result.replies, report
     first = result.replies[0]
-    assert re.search(rf"\[21:00:0\d\] <{BOT}> .+\(to {first.username}, ", report), report
+    assert re.search(rf"\[21:00:\d\d\] <{BOT}> .+\(to {first.username}, ", report), report
     # Production limits hold most of an excited room back, and the report says why.
     held = result.outcome_table()
     assert sum(held.values()) == len(result.decisions) - len(result.replies)
