@@ -68,7 +68,7 @@ from kryten_llm.reply.prompts import PromptBuilder
 from kryten_llm.reply.responder import Responder
 from kryten_llm.reply.sender import Sender
 from kryten_llm.reply.validator import ReplyValidator
-from kryten_llm.response_log import ResponseLog, ResponseRecord
+from kryten_llm.response_log import ResponseLog, ResponseRecord, utc_iso, utc_now_iso
 from kryten_llm.types import (
     Attempt,
     ChannelKey,
@@ -110,6 +110,10 @@ class EventClock:
 
     def advance(self, line: ChatLine) -> None:
         self.now = max(self.now, line.time_ms / 1000.0)
+
+    def iso(self) -> str:
+        """The chat's time now, as a record's `timestamp` (CyTube times are epoch ms)."""
+        return utc_iso(self.now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,8 +453,14 @@ class Pipeline:
                 parts=parts,
                 dry_run=self.dry_run,
                 anomalies=result.anomalies if result else (),
+                timestamp=self._record_time(),
             )
         )
+
+    def _record_time(self) -> str:
+        """The record's time: the chat's own under an `EventClock` (a replay), so a replayed
+        log reads against its transcript; else the wall clock."""
+        return self.clock.iso() if isinstance(self.clock, EventClock) else utc_now_iso()
 
     def log_dropped(self, job: ReplyJob) -> None:
         """The reply queue was full: the job is dropped, but never unrecorded."""

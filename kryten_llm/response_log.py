@@ -73,6 +73,12 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def utc_iso(epoch_seconds: float) -> str:
+    """A moment (seconds since the epoch) in the same form as `utc_now_iso`."""
+    moment = datetime.fromtimestamp(epoch_seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @dataclass(frozen=True, slots=True)
 class ResponseRecord:
     """One triggered message and what happened to it (a JSONL line; see the module docstring).

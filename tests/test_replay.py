@@ -466,3 +466,24 @@ def test_cli_nothing_replayable_fails_but_an_empty_file_does_not(
     empty.write_text("")
     assert main(["replay", str(empty), "--config", str(cfg)]) == 0
     assert "0 chat line(s)" in capsys.readouterr().out
+
+
+async def test_replayed_records_carry_the_transcript_time(tmp_path: Path) -> None:
+    """Not the wall clock: a replayed log reads against its transcript (and `stats` hours)."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("[21:00:15] Alice: cynthia hello\n[21:07:42] Bob: cynthia hi there\n")
+    bridged = tmp_path / "bridged.jsonl"
+    bridged.write_text(chat_line("Carol", "cynthia evening", 1_763_777_438_071) + "\n")
+    loose = settings(rate_limits=LOOSE_LIMITS, spam=LOOSE_SPAM)
+    stamps: dict[str, list[str]] = {}
+    for transcript in (plain, bridged):
+        out = tmp_path / f"{transcript.stem}.jsonl.out"
+        await replay_transcript(transcript, loose, ReplayOptions(jsonl=out))
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        stamps[transcript.stem] = [r["timestamp"] for r in records]
+    # Plain lines carry a time of day only: day 0 of the epoch, as the replay counts them.
+    assert stamps["plain"] == ["1970-01-01T21:00:15.000Z", "1970-01-01T21:07:42.000Z"]
+    assert stamps["bridged"] == ["2025-11-22T02:10:38.071Z"]
+    report = io.StringIO()
+    assert run_stats(tmp_path / "plain.jsonl.out", None, report) == 0
+    assert re.search(r"^\s*1970-01-01 21:00\s+2$", report.getvalue(), re.MULTILINE)

@@ -16,7 +16,9 @@ posted, nothing sleeps; it behaves as dry run) and, by default, the offline Mark
 (`--llm configured` uses the configured providers for real). Each reply is awaited before the
 next line is decided, so replies that feed back into decisions (the repetition check, the
 bot's share of the chat) are deterministic too. Every triggered line leaves one record in a
-real `ResponseLog` (`--jsonl OUT`, so `kryten-llm stats OUT` reads it; else a temporary file).
+real `ResponseLog` (`--jsonl OUT`, so `kryten-llm stats OUT` reads it; else a temporary file),
+stamped with the transcript's time, not the wall clock, so the log reads against the chat
+(plain lines carry a time of day only, and are dated day 0 of the epoch, 1970-01-01).
 
 Transcripts (JSONL bridge events, or plain `user: message` lines) are read by `transcript.py`,
 which also says what makes a line malformed. Of the events read, those the service listens to
