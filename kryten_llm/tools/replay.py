@@ -68,6 +68,7 @@ from kryten_llm.response_log import (
     ResponseLog,
     ResponseLogError,
     ResponseRecord,
+    reason_cause,
 )
 from kryten_llm.tools._tables import percent, safe, table
 from kryten_llm.tools.offline import MODEL_NAME, OfflineLLMServer
@@ -189,8 +190,8 @@ class Decision:
 
     @property
     def reason_key(self) -> str:
-        """The machine part of a reason (`user_cooldown`, not the seconds left)."""
-        return self.reason.split(":", 1)[0].strip() if not self.replied else ""
+        """The cause a reason names (`user_cooldown`, not the seconds left): `reason_cause`."""
+        return reason_cause(self.outcome, self.reason)
 
 
 @dataclass
