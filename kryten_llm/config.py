@@ -575,7 +575,15 @@ class ValidationSettings(Section):
     on_refusal: Literal["regenerate", "fallback", "silent"] = "regenerate"
     """regenerate (once, then fallback or silence), fallback, or silent."""
     fallback_response: str = Field(
-        "", description="Sent on refusal with on_refusal=fallback (and after a failed regenerate)."
+        "",
+        description="Sent on refusal with on_refusal=fallback (and after a failed regenerate), "
+        "and to a direct mention when no LLM answers (provider down, breaker open); empty: "
+        "neither.",
+    )
+    fallback_cooldown_seconds: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        600.0,
+        description="A user who got the fallback line because no LLM answered does not get "
+        "it again in this room for this long (the outage is silent to them meanwhile).",
     )
 
     @field_validator("blocked_patterns")

@@ -2,8 +2,8 @@
 
 This is the record `kryten-llm stats` (and later `replay`) reads to tune a bot, so every held-back
 trigger is logged as well as every reply: outcome `sent`, `dry_run`, `rate_limited`, `spam`,
-`llm_failed`, `dropped`, `guard_blocked`, `invalid`, ... (every one is in `types.Outcome`)
-with a machine reason.
+`llm_failed`, `fallback`, `dropped`, `guard_blocked`, `invalid`, ... (every one is in
+`types.Outcome`) with a machine reason.
 
 Interface::
 

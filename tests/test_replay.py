@@ -342,6 +342,36 @@ async def test_failing_llm_is_reported_as_llm_failed(tmp_path: Path, fake_llm: F
     assert "llm_failed" in format_report(result)
 
 
+async def test_an_outage_gives_a_mention_the_fallback_line_in_the_report(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    fake_llm.fail_with(503, "down")
+    transcript = tmp_path / "t.txt"
+    transcript.write_text("Alice: cynthia hello\nAlice: cynthia hello again\nBob: a movie\n")
+    broken = settings(
+        llm_url=fake_llm.base_url,
+        rate_limits=LOOSE_LIMITS,
+        spam=LOOSE_SPAM,
+        triggers=[FREE_TRIGGER],
+        validation={"history_size": 0, "fallback_response": "Back in a moment."},
+    )
+    result = await replay_transcript(transcript, broken, ReplayOptions(llm="configured"))
+    assert [(d.username, d.outcome, d.parts) for d in result.decisions] == [
+        ("Alice", "fallback", ("Back in a moment.",)),
+        ("Alice", "llm_failed", ()),
+        ("Bob", "llm_failed", ()),
+    ]
+    assert result.bot_lines == 1 and result.replies == []
+    report = format_report(result)
+    assert f"<{BOT}> Back in a moment.  (to Alice, mention, fallback line)" in report
+    assert table_row_in(report, "fallback", "all providers failed", "1")
+
+
+def table_row_in(text: str, *cells: str) -> bool:
+    pattern = r"^\s*" + r"\s+".join(re.escape(c) for c in cells) + r"\s"
+    return re.search(pattern, text, re.MULTILINE) is not None
+
+
 async def test_command_shaped_llm_output_is_never_a_reply(
     tmp_path: Path, fake_llm: FakeLLM
 ) -> None:

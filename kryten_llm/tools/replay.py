@@ -231,6 +231,11 @@ class ReplayResult:
         return [d for d in self.decisions if d.replied]
 
     @property
+    def spoken(self) -> list[Decision]:
+        """Every decision that put lines in chat: replies, and fallback lines for an outage."""
+        return [d for d in self.decisions if d.parts]
+
+    @property
     def span_seconds(self) -> float:
         if self.first_ms is None or self.last_ms is None:
             return 0.0
@@ -525,9 +530,10 @@ def _trigger_label(decision: Decision) -> str:
 def _said_lines(result: ReplayResult) -> list[str]:
     bot = safe(result.bot)
     lines: list[str] = []
-    for reply in result.replies:
+    for reply in result.spoken:
         stamp = f"[{clock_time(reply.time_ms)}]"
-        note = f"  (to {safe(reply.username)}, {_trigger_label(reply)})"
+        kind = _trigger_label(reply) + (", fallback line" if not reply.replied else "")
+        note = f"  (to {safe(reply.username)}, {kind})"
         for index, part in enumerate(reply.parts):
             prefix = stamp if index == 0 else " " * len(stamp)
             suffix = note if index == 0 else ""
