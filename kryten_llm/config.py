@@ -162,6 +162,22 @@ class ProviderSettings(Section):
     x_title: str | None = Field(None, description="openrouter only: `X-Title` header.")
     anthropic_version: Annotated[str, Field(min_length=1)] = "2023-06-01"
     """anthropic only: the `anthropic-version` header."""
+    reasoning_model: bool | None = Field(
+        None,
+        description="openai_compatible, openrouter: the model is an OpenAI reasoning model "
+        "(o-series, gpt-5 family), which rejects `max_tokens` and `temperature`: send "
+        "`max_completion_tokens` (it counts the model's reasoning too) and no temperature. "
+        "Unset: openai_compatible decides by the model name (`o1`, `o3`, `o4-mini`, `gpt-5`, "
+        "with or without a `vendor/` prefix); openrouter sends `max_tokens`, which it "
+        "translates for every model itself.",
+    )
+    thinking_budget: Annotated[int | None, Field(ge=-1, le=32_768)] = Field(
+        None,
+        description="gemini only: `generationConfig.thinkingConfig.thinkingBudget`, the "
+        "tokens a thinking model may spend thinking, out of `max_tokens` (-1: the model "
+        "decides; 0: off, Flash and Flash-Lite only). Unset: 0 for gemini-2.5-flash and "
+        "-flash-lite, 128 (the least allowed) for gemini-2.5-pro, nothing for other models.",
+    )
 
     @field_validator("base_url")
     @classmethod
