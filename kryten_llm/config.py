@@ -543,7 +543,9 @@ class SafetySettings(Section):
     )
     blocked_link_domains: list[str] = Field(
         default_factory=list,
-        description="Never posted under any policy (subdomains included).",
+        description="Never posted under any policy (subdomains included), nor disguised: "
+        "`evil[.]com`, `evil (dot) com`, look-alike letters or dots cut the words that carry "
+        "them.",
     )
 
     @field_validator("blocked_patterns")
