@@ -203,6 +203,22 @@ class ProviderSettings(Section):
     x_title: str | None = Field(None, description="openrouter only: `X-Title` header.")
     anthropic_version: Annotated[str, Field(min_length=1)] = "2023-06-01"
     """anthropic only: the `anthropic-version` header."""
+    reasoning_model: bool | None = Field(
+        None,
+        description="openai_compatible, openrouter: the model is an OpenAI reasoning model "
+        "(o-series, gpt-5 family), which rejects `max_tokens` and `temperature`: send "
+        "`max_completion_tokens` (it counts the model's reasoning too) and no temperature. "
+        "Unset: openai_compatible decides by the model name (`o1`, `o3`, `o4-mini`, `gpt-5`, "
+        "with or without a `vendor/` prefix); openrouter sends `max_tokens`, which it "
+        "translates for every model itself.",
+    )
+    thinking_budget: Annotated[int | None, Field(ge=-1, le=32_768)] = Field(
+        None,
+        description="gemini only: `generationConfig.thinkingConfig.thinkingBudget`, the "
+        "tokens a thinking model may spend thinking, out of `max_tokens` (-1: the model "
+        "decides; 0: off, Flash and Flash-Lite only). Unset: 0 for gemini-2.5-flash and "
+        "-flash-lite, 128 (the least allowed) for gemini-2.5-pro, nothing for other models.",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -431,13 +447,16 @@ class SpamSettings(Section):
     streak_reset_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     """A reply streak ends after this long without a reply."""
     max_chat_share: Annotated[float, Field(gt=0, le=1)] = 0.05
-    """The bot's lines stay under this share of recent chat lines."""
+    """The bot's lines stay under this share of recent chat lines, its next reply counted; in
+    every room, except that a quiet room's mentions are answered (1 switches the cap off)."""
     chat_share_window_lines: Annotated[int, Field(ge=10, le=10_000)] = 200
     """Recent chat lines the share is measured over."""
     chat_share_window_seconds: Annotated[float, Field(gt=0, le=86_400)] = 1800.0
     """...no older than this."""
     chat_share_min_sample_lines: Annotated[int, Field(ge=1, le=10_000)] = 20
-    """The share is judged only once the window holds this many lines."""
+    """A room with fewer lines from people than this in the window is quiet: there a mention
+    is answered whatever the share (cooldowns still apply), and unasked replies never exceed
+    it."""
     max_tracked_users: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
     """Users tracked at once per process (least recently active forgotten first)."""
 
@@ -579,7 +598,9 @@ class SafetySettings(Section):
     )
     blocked_link_domains: list[str] = Field(
         default_factory=list,
-        description="Never posted under any policy (subdomains included).",
+        description="Never posted under any policy (subdomains included), nor disguised: "
+        "`evil[.]com`, `evil (dot) com`, look-alike letters or dots cut the words that carry "
+        "them.",
     )
 
     @field_validator("blocked_patterns")
@@ -627,7 +648,15 @@ class ValidationSettings(Section):
     on_refusal: Literal["regenerate", "fallback", "silent"] = "regenerate"
     """regenerate (once, then fallback or silence), fallback, or silent."""
     fallback_response: str = Field(
-        "", description="Sent on refusal with on_refusal=fallback (and after a failed regenerate)."
+        "",
+        description="Sent on refusal with on_refusal=fallback (and after a failed regenerate), "
+        "and to a direct mention when no LLM answers (provider down, breaker open); empty: "
+        "neither.",
+    )
+    fallback_cooldown_seconds: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        600.0,
+        description="A user who got the fallback line because no LLM answered does not get "
+        "it again in this room for this long (the outage is silent to them meanwhile).",
     )
 
     @field_validator("blocked_patterns")

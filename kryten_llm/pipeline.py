@@ -54,7 +54,7 @@ from kryten_llm.decide.gates import (
     consult,
     spend,
 )
-from kryten_llm.decide.limits import RateLimiter
+from kryten_llm.decide.limits import OncePerCooldown, RateLimiter
 from kryten_llm.decide.ranks import RankRegistry
 from kryten_llm.decide.spam import SpamGuard
 from kryten_llm.decide.triggers import TriggerEngine
@@ -65,10 +65,10 @@ from kryten_llm.ops.metrics import Metrics
 from kryten_llm.reply.formatter import ResponseFormatter
 from kryten_llm.reply.guard import OutputGuard
 from kryten_llm.reply.prompts import PromptBuilder
-from kryten_llm.reply.responder import Responder
+from kryten_llm.reply.responder import ReplyOutcome, Responder, Send
 from kryten_llm.reply.sender import Sender
 from kryten_llm.reply.validator import ReplyValidator
-from kryten_llm.response_log import ResponseLog, ResponseRecord
+from kryten_llm.response_log import ResponseLog, ResponseRecord, utc_iso, utc_now_iso
 from kryten_llm.types import (
     Attempt,
     ChannelKey,
@@ -110,6 +110,10 @@ class EventClock:
 
     def advance(self, line: ChatLine) -> None:
         self.now = max(self.now, line.time_ms / 1000.0)
+
+    def iso(self) -> str:
+        """The chat's time now, as a record's `timestamp` (CyTube times are epoch ms)."""
+        return utc_iso(self.now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,8 @@ class Pipeline:
         self.context = ContextManager(settings.context)
         self.limiter = RateLimiter(settings.rate_limits, clock=clock)
         self.spam = SpamGuard(settings.spam, settings.rate_limits.admin_min_rank, clock=clock)
+        self.fallbacks = OncePerCooldown(settings.validation.fallback_cooldown_seconds, clock)
+        """Who got the fallback line for an LLM outage, and when (see `_say_fallback`)."""
         self.gates: tuple[Gate, ...] = (
             SpamGate(),
             PausedGate(self.paused),
@@ -198,6 +204,7 @@ class Pipeline:
         self.limiter.reconfigure(settings.rate_limits)
         self.spam.reconfigure(settings.spam, settings.rate_limits.admin_min_rank)
         self.usage.reconfigure(settings.usage, settings.llm_providers)
+        self.fallbacks.cooldown_seconds = settings.validation.fallback_cooldown_seconds
         self._channels = {c.key: c for c in settings.channels}
 
     @staticmethod
@@ -338,10 +345,12 @@ class Pipeline:
         outcome = await self.responder.respond(
             request, job.provider, line.key, job.trigger.message, send
         )
+        await self._say_fallback(job, outcome, send)
         outcome.result, cost = self._account(job, outcome.result, request)
         self.metrics.llm_attempts(outcome.attempts)
         if outcome.sent:
-            self._after_send(job, outcome.sent, outcome.result, first_sent[0])
+            exchange = outcome.outcome != "fallback"
+            self._after_send(job, outcome.sent, outcome.result, first_sent[0], exchange)
         else:
             log.warning(
                 "no reply to %s in %s: %s: %s",
@@ -350,9 +359,9 @@ class Pipeline:
                 outcome.outcome,
                 outcome.reason,
             )
-        final: Outcome = (
-            ("dry_run" if self.dry_run else "sent") if outcome.sent else outcome.outcome
-        )
+        final: Outcome = outcome.outcome
+        if outcome.sent and final != "fallback":
+            final = "dry_run" if self.dry_run else "sent"
         self._log(
             job,
             final,
@@ -363,6 +372,28 @@ class Pipeline:
             cost_usd=cost,
         )
         return outcome.sent
+
+    async def _say_fallback(self, job: ReplyJob, outcome: ReplyOutcome, send: Send) -> None:
+        """No LLM answered a direct mention: say `validation.fallback_response`, not nothing.
+
+        Only for mentions (someone asked the bot and waits; a trigger word asked nothing),
+        only when the line is configured, and at most once per user per
+        `validation.fallback_cooldown_seconds`, so an outage is said once, not repeated to
+        every question. The line goes through the formatter, the guard and the sender like
+        any reply, and the record's outcome is `fallback` with the LLM's failure as reason.
+        """
+        text = self.settings.validation.fallback_response
+        asked = job.trigger.kind == "mention"
+        if outcome.outcome != "llm_failed" or outcome.sent or not asked or not text.strip():
+            return
+        wait = self.fallbacks.take(job.line.key, job.line.username)
+        if wait is not None:
+            outcome.reason += f" (fallback line already given to this user: again in {wait:.0f} s)"
+            return
+        sent = await self.responder.say(text, send)
+        if sent:
+            log.warning("no LLM answered %s: said the fallback line", job.line.username)
+            outcome.sent, outcome.outcome = sent, "fallback"
 
     def _account(
         self, job: ReplyJob, result: LLMResult | None, request: LLMRequest
@@ -390,8 +421,15 @@ class Pipeline:
         return result, usd
 
     def _after_send(
-        self, job: ReplyJob, sent: list[str], result: LLMResult | None, first_sent_at: float
+        self,
+        job: ReplyJob,
+        sent: list[str],
+        result: LLMResult | None,
+        first_sent_at: float,
+        exchange: bool = True,
     ) -> None:
+        """Count what was posted; with `exchange`, remember it as the answer (not a fallback
+        line, which says nothing about the question and must not count as a recent reply)."""
         reply_text = " ".join(sent)
         log.info(
             "replied to %s in %s: %d line(s); %s",
@@ -407,9 +445,11 @@ class Pipeline:
             waited = first_sent_at - job.line.received_monotonic
             self.metrics.overhead(max(0.0, waited - result.latency_ms / 1000.0))
         self.spam.note_extra_bot_lines(job.line.key, len(sent) - 1)
-        self.validator.remember(job.line.key, reply_text)
         if self.dry_run:  # live lines come back from the bridge as chatMsg
             self.context.add_bot_line(job.line.key, job.channel.username, reply_text)
+        if not exchange:
+            return
+        self.validator.remember(job.line.key, reply_text)
         self.context.add_exchange(job.line.key, job.line.username, job.trigger.message, reply_text)
 
     # --- the record ------------------------------------------------------------------------
@@ -450,8 +490,14 @@ class Pipeline:
                 parts=parts,
                 dry_run=self.dry_run,
                 anomalies=result.anomalies if result else (),
+                timestamp=self._record_time(),
             )
         )
+
+    def _record_time(self) -> str:
+        """The record's time: the chat's own under an `EventClock` (a replay), so a replayed
+        log reads against its transcript; else the wall clock."""
+        return self.clock.iso() if isinstance(self.clock, EventClock) else utc_now_iso()
 
     def log_dropped(self, job: ReplyJob) -> None:
         """The reply queue was full: the job is dropped, but never unrecorded."""

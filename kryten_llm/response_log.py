@@ -2,8 +2,8 @@
 
 This is the record `kryten-llm stats` (and later `replay`) reads to tune a bot, so every held-back
 trigger is logged as well as every reply: outcome `sent`, `dry_run`, `rate_limited`, `spam`,
-`llm_failed`, `dropped`, `guard_blocked`, `invalid`, ... (every one is in `types.Outcome`)
-with a machine reason.
+`llm_failed`, `fallback`, `dropped`, `guard_blocked`, `invalid`, ... (every one is in
+`types.Outcome`) with a machine reason.
 
 Interface::
 
@@ -42,6 +42,7 @@ import errno
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -66,11 +67,46 @@ FILE_MODE = 0o666
 
 REPLY_OUTCOMES: frozenset[Outcome] = frozenset({"sent", "dry_run"})
 """The outcomes that mean the bot answered (or, in dry run, would have)."""
+CAUSE_CHARS = 48
+"""A cause is a short name; anything longer is cut (reasons in a log are untrusted text)."""
+_CAUSE_END = re.compile(r":|;|\s\(|['\"`]")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_PREFIXED_CAUSES = frozenset({"regenerate", "regenerated"})
+"""Reasons of the form `prefix: reason`, whose cause is the prefix and the inner cause."""
+
+
+def reason_cause(outcome: str, reason: str) -> str:
+    """The cause a record's reason names, without its particulars: what reports group by.
+
+    A reason is `cause: particulars` (`user_cooldown: allowed again in 42.0 s`), a cause with
+    particulars in parentheses or quotes (`all providers failed (main=http_500)`, `blocked
+    pattern 'x'`), or, for a spent budget, which one and whose (`user alice`). The cause is
+    the text before the first `:`, `;`, ` (` or quote, with numbers written `N`; a budget's
+    is its kind (`global`, `channel`, `user`); the output guard's reason lists its decisions
+    (`; `-joined) and the last is the one that blocked; `regenerated: ...` keeps its inner
+    cause. Replies (`sent`, `dry_run`) have none. Linear in the reason's length.
+    """
+    if outcome in REPLY_OUTCOMES:
+        return ""
+    text = reason.rsplit(";", 1)[-1] if outcome == "guard_blocked" else reason
+    if outcome == "budget":
+        return " ".join(text.split()[:1])[:CAUSE_CHARS]
+    head, _, rest = text.partition(":")
+    if head.strip() in _PREFIXED_CAUSES and rest.strip():
+        return f"{head.strip()}: {reason_cause(outcome, rest)}"[:CAUSE_CHARS]
+    cause = _CAUSE_END.split(text, maxsplit=1)[0]
+    return " ".join(_NUMBER.sub("N", cause).split())[:CAUSE_CHARS]
 
 
 def utc_now_iso() -> str:
     """Now as UTC ISO-8601 with milliseconds and a `Z`, e.g. `2026-11-22T02:10:38.071Z`."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def utc_iso(epoch_seconds: float) -> str:
+    """A moment (seconds since the epoch) in the same form as `utc_now_iso`."""
+    moment = datetime.fromtimestamp(epoch_seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ Outcome = Literal[
     HoldOutcome,
     "dropped",
     "llm_failed",
+    "fallback",
     "invalid",
     "guard_blocked",
     "cancelled",
@@ -26,9 +27,11 @@ Outcome = Literal[
 """What became of a triggered line: the JSONL record's `outcome`, and nothing else.
 
 `sent` / `dry_run` (would have been sent): replied. The `HoldOutcome`s: held back by a gate.
-`dropped`: the reply queue was full. `llm_failed`: every provider failed. `invalid`: the
-validator refused the reply (and any regeneration). `guard_blocked`: the output guard refused
-it. `cancelled`: shutdown cut the reply off.
+`dropped`: the reply queue was full. `llm_failed`: every provider failed. `fallback`: every
+provider failed, and the direct mention got the configured fallback line instead of silence
+(`dry_run` in the record says whether it was posted). `invalid`: the validator refused the
+reply (and any regeneration). `guard_blocked`: the output guard refused it. `cancelled`:
+shutdown cut the reply off.
 """
 
 

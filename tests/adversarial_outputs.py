@@ -1,10 +1,11 @@
 """Model outputs crafted to smuggle a CyTube command past the formatter and guard, or to break
 the formatter. Importable by any test (unit here, end-to-end over NATS by the service tests):
 
-    from tests.adversarial_outputs import ADVERSARIAL_OUTPUTS
+    from tests.adversarial_outputs import ADVERSARIAL_OUTPUTS, GUARD_CASES
 
 Each case is (name, llm_output). Every published part must be non-empty, within the length
-limit, and not command-like (see `kryten_llm.reply.guard.is_command_like`).
+limit, and not command-like (see `kryten_llm.reply.guard.is_command_like`). `GUARD_CASES`
+(also in `ADVERSARIAL_OUTPUTS`) carry the exact line expected under `GUARD_CASE_SAFETY`.
 """
 
 from __future__ import annotations
@@ -84,3 +85,64 @@ ADVERSARIAL_OUTPUTS: list[tuple[str, str]] = [
     ("ligatures_expand", "ﬃ" * 239),
     ("greentext_then_command", ">implying\n/clear"),
 ]
+
+
+# --- guard cases with an expected result ------------------------------------------------------
+
+
+def _tags(text: str) -> str:
+    """`text` spelled in Unicode tag characters (invisible; how subdivision flags are spelled)."""
+    return "".join(chr(0xE0000 + ord(c)) for c in text)
+
+
+_FLAG = "\U0001f3f4"
+_CANCEL = "\U000e007f"
+ENGLAND = _FLAG + _tags("gbeng") + _CANCEL
+SCOTLAND = _FLAG + _tags("gbsct") + _CANCEL
+WALES = _FLAG + _tags("gbwls") + _CANCEL
+
+GUARD_CASE_SAFETY: dict[str, object] = {
+    "link_policy": "allow",
+    "blocked_link_domains": ["evil.com"],
+}
+"""The safety settings the guard cases below are judged under: links allowed, one blocked."""
+
+GUARD_CASES: list[tuple[str, str, str | None]] = [
+    # (name, llm_output, the one chat line expected to be published; None: nothing at all)
+    ("blocked_domain_bracket_dot", "Clips at evil[.]com tonight.", "Clips at tonight."),
+    ("blocked_domain_paren_dot", "Clips at evil(.)com tonight.", "Clips at tonight."),
+    ("blocked_domain_paren_word_dot", "Clips at evil (dot) com tonight.", "Clips at tonight."),
+    ("blocked_domain_bracket_word_dot", "Clips at evil[dot]com tonight.", "Clips at tonight."),
+    ("blocked_domain_spaced_brackets", "Clips at EVIL [ . ] COM tonight.", "Clips at tonight."),
+    ("blocked_domain_bare_word_dot", "Clips at evil dot com tonight.", "Clips at tonight."),
+    ("blocked_domain_spaced_dot", "Clips at evil . com tonight.", "Clips at tonight."),
+    ("blocked_domain_defanged_url", "Clips at hxxps://evil[.]com/free now.", "Clips at now."),
+    ("blocked_subdomain_disguised", "Clips at cdn.evil[.]com tonight.", "Clips at tonight."),
+    ("blocked_domain_cyrillic_e", "Clips at \u0435vil.com tonight.", "Clips at tonight."),
+    ("blocked_domain_greek_omicron", "Clips at evil.c\u03bfm tonight.", "Clips at tonight."),
+    ("blocked_domain_dotless_i", "Clips at ev\u0131l.com tonight.", "Clips at tonight."),
+    ("blocked_domain_cyrillic_url", "Clips at https://\u0435vil.com/x ok.", "Clips at ok."),
+    ("blocked_domain_punycode_lookalike", "Clips at xn--vil-qdd.com tonight.", "Clips at tonight."),
+    ("blocked_domain_arabic_full_stop", "Clips at evil\u06d4com tonight.", "Clips at tonight."),
+    ("blocked_domain_middle_dot", "Clips at evil\u00b7com tonight.", "Clips at tonight."),
+    ("other_domain_kept", "Clips at good.example tonight.", "Clips at good.example tonight."),
+    ("the_word_evil_is_no_domain", "That villain is evil. Truly.", "That villain is evil. Truly."),
+    ("flag_england_whole", f"Come on {ENGLAND} what a match.", f"Come on {ENGLAND} what a match."),
+    ("flag_scotland_whole", f"Alba {SCOTLAND} forever.", f"Alba {SCOTLAND} forever."),
+    ("flag_wales_whole", f"Cymru {WALES} am byth.", f"Cymru {WALES} am byth."),
+    ("three_flags_whole", f"{ENGLAND}{SCOTLAND}{WALES} derby", f"{ENGLAND}{SCOTLAND}{WALES} derby"),
+    (
+        "unknown_subdivision_removed_whole",
+        f"Texas {_FLAG}{_tags('ustx')}{_CANCEL} rocks",
+        "Texas rocks",
+    ),
+    ("flag_without_cancel_removed_whole", f"Go {_FLAG}{_tags('gbeng')} team", "Go team"),
+    ("text_smuggled_in_a_flag", f"Hi {_FLAG}{_tags('gbeng /clear')}{_CANCEL} all", "Hi all"),
+    ("text_smuggled_in_tags", f"hello{_tags('ignore all rules')} there", "hello there"),
+    ("tags_before_a_command", f"{_tags('x')}/clear now", "clear now"),
+    ("black_flag_alone_kept", f"Pirates {_FLAG} ahoy", f"Pirates {_FLAG} ahoy"),
+]
+"""Guard gaps closed: disguised blocked domains are cut with the words that carry them, and
+subdivision flags stay whole (or go whole). Checked in unit tests and end to end."""
+
+ADVERSARIAL_OUTPUTS += [(f"guard_{name}", output) for name, output, _ in GUARD_CASES]

@@ -25,7 +25,14 @@ from kryten_llm.reply.guard import (
     is_command_like,
     link_host,
 )
-from tests.adversarial_outputs import ADVERSARIAL_OUTPUTS
+from tests.adversarial_outputs import (
+    ADVERSARIAL_OUTPUTS,
+    ENGLAND,
+    GUARD_CASE_SAFETY,
+    GUARD_CASES,
+    SCOTLAND,
+    WALES,
+)
 
 PREFIXES = ["/", "!", "."]
 
@@ -348,3 +355,37 @@ def test_link_scanning_is_linear_on_hostile_text() -> None:
     for hostile in ["a." * 100_000, "a-" * 100_000, "x.y" * 70_000]:
         g._apply_link_policy(hostile, [])
     assert time.monotonic() - started < 10.0
+
+
+# --- guard cases with an expected result (disguised domains, subdivision flags) ----------------
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [case[1:] for case in GUARD_CASES],
+    ids=[case[0] for case in GUARD_CASES],
+)
+def test_guard_cases_publish_exactly_what_is_expected(output: str, expected: str | None) -> None:
+    """As a reply travels: the formatter, then the guard, under the cases' safety settings."""
+    processing = MessageProcessingSettings()
+    formatted = ResponseFormatter(processing, PersonalitySettings()).format(output)
+    result = guard(processing, **GUARD_CASE_SAFETY).check(formatted)
+    assert result.parts == ([] if expected is None else [expected])
+    assert_publishable(result, processing)
+
+
+def test_subdivision_flags_survive_the_emoji_limit_whole() -> None:
+    """With `max_emojis`, a flag is one emoji: kept or dropped whole, never cut to a black flag."""
+    processing = MessageProcessingSettings(max_emojis=2)
+    text = f"{ENGLAND} {SCOTLAND} {WALES} derby"
+    formatted = ResponseFormatter(processing, PersonalitySettings()).format(text)
+    assert guard(processing).check(formatted).parts == [f"{ENGLAND} {SCOTLAND} derby"]
+
+
+def test_disguised_domains_are_found_in_linear_time() -> None:
+    hostile = ["[" * 20_000, " dot " * 4_000, "a" + " ." * 10_000 + "b", "x" * 20_000 + ".evil"]
+    checker = guard(**GUARD_CASE_SAFETY)
+    for text in hostile:
+        started = time.perf_counter()
+        checker.check([text])
+        assert time.perf_counter() - started < 1.0, text[:20]

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kryten_llm.config import RateLimitSettings
-from kryten_llm.decide.limits import RateLimiter
-from kryten_llm.types import ChatLine, Trigger, TriggerKind, Turn
+from kryten_llm.decide.limits import OncePerCooldown, RateLimiter
+from kryten_llm.types import ChannelKey, ChatLine, Trigger, TriggerKind, Turn
 
 
 class FakeClock:
@@ -357,3 +357,35 @@ def test_recording_only_allowed_replies_never_breaks_a_limit(
         mine = [e for e, u in earlier if u == user]
         assert all(t - e >= 30 for e in mine)
         assert sum(1 for e in mine if t - e < 3600) < 4
+
+
+# --- once per cooldown (the outage fallback line) ----------------------------------------------
+
+
+def test_once_per_cooldown_per_user_and_room() -> None:
+    clock = FakeClock()
+    once = OncePerCooldown(600, clock)
+    lounge, other = ChannelKey("cytu.be", "lounge"), ChannelKey("example.net", "lounge")
+    assert once.take(lounge, "Alice") is None
+    assert once.take(lounge, "ALICE") == 600, "names compare case-insensitively"
+    assert once.take(lounge, "bob") is None
+    assert once.take(other, "alice") is None, "the same name in another room is another user"
+    clock.advance(599)
+    assert once.take(lounge, "alice") == pytest.approx(1)
+    clock.advance(1)
+    assert once.take(lounge, "alice") is None
+    once.cooldown_seconds = 0  # a reload switched the cooldown off
+    assert once.take(lounge, "alice") is None
+
+
+def test_once_per_cooldown_forgets_old_and_caps_the_rest() -> None:
+    clock = FakeClock()
+    once = OncePerCooldown(60, clock, max_tracked_users=10)
+    lounge = ChannelKey("cytu.be", "lounge")
+    for i in range(1000):
+        once.take(lounge, f"user{i}" + "x" * 10_000)
+    assert len(once) == 10
+    clock.advance(61)
+    for i in range(300):
+        once.take(lounge, f"late{i}")
+    assert len(once) <= 10

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from kryten_llm.config import Settings
 from kryten_llm.reply.guard import is_command_like
-from tests.adversarial_outputs import ADVERSARIAL_OUTPUTS
+from tests.adversarial_outputs import ADVERSARIAL_OUTPUTS, GUARD_CASE_SAFETY, GUARD_CASES
 from tests.support.bridge import Bridge
 from tests.support.fake_llm import FakeLLM, completion, last_user_message
 from tests.support.nats_server import NatsServer, free_port
@@ -184,6 +184,44 @@ async def test_every_adversarial_output_is_published_safely_or_not_at_all(
     # The guard neutralises, it does not just silence: most hostile replies still get a line.
     answered = sum(1 for r in records if r["parts"])
     assert answered >= len(users) // 2, answered
+
+
+async def test_guard_cases_publish_exactly_the_expected_line(
+    nats_server: NatsServer, fake_llm: FakeLLM, bridge: Bridge
+) -> None:
+    """Disguised blocked domains are cut, subdivision flags arrive whole: over the real bus."""
+
+    async def model(body: dict[str, Any]) -> web.StreamResponse:
+        found = CASE_MARKER.findall(last_user_message(body))
+        return web.json_response(completion(GUARD_CASES[int(found[-1])][1]))
+
+    fake_llm.behaviour = model
+    settings = settings_for(
+        nats_server,
+        fake_llm,
+        safety=GUARD_CASE_SAFETY,
+        validation={"history_size": 0, "on_refusal": "silent"},
+        context={"include_chat_history": False},
+    )
+    users = {f"guard{i:02d}": i for i in range(len(GUARD_CASES))}
+    async with running_service(settings):
+        for user, index in users.items():
+            await bridge.chat(CHANNEL_A, user, f"{BOT} case {index:02d} go")
+        records = await wait_for_records(settings, len(users))
+        expected_lines = sum(1 for _, _, line in GUARD_CASES if line is not None)
+        await bridge.wait_for_says(expected_lines, timeout=20)
+        await bridge.quiet_for(0.3)
+        says = bridge.says()
+
+    by_user = {r["username"]: r for r in records}
+    for user, index in users.items():
+        name, _, line = GUARD_CASES[index]
+        assert by_user[user]["parts"] == ([] if line is None else [line]), name
+    published = sorted(s["args"]["message"] for s in says)
+    assert published == sorted(line for _, _, line in GUARD_CASES if line is not None)
+    for message in published:
+        assert_safe_line(message, "guard case")
+        assert not mentions_domain(message, "evil.com"), message
 
 
 # --- phase 4: shaping, refusal, degradation ------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import aiohttp
 import pytest
@@ -612,13 +613,29 @@ def test_merged_turns_alternate_and_start_with_user() -> None:
         ("5", 5.0),
         (" 2.5 ", 2.5),
         ("-1", None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date already past: retry at once
         (None, None),
         ("nan", None),
+        ("inf", None),
+        ("soon", None),
+        ("Wed, 99 Foo 2015 07:28:00 GMT", None),
     ],
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Wed, 21 Oct 2026 07:28:30 GMT",  # IMF-fixdate, as RFC 9110 says to send it
+        "Wednesday, 21-Oct-26 07:28:30 GMT",  # obsolete RFC 850 form
+        "Wed Oct 21 07:28:30 2026",  # obsolete asctime form
+    ],
+)
+def test_parse_retry_after_http_dates(value: str) -> None:
+    now = datetime(2026, 10, 21, 7, 28, 0, tzinfo=UTC).timestamp()
+    assert parse_retry_after(value, now=now) == 30.0
 
 
 def test_build_provider_every_type() -> None:

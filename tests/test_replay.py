@@ -205,7 +205,7 @@ async def test_sample_transcript_report_says_what_when_and_why(tmp_path: Path) -
     assert result.malformed == 0 and result.errors == 0
     assert result.replies, report
     first = result.replies[0]
-    assert re.search(rf"\[21:00:0\d\] <{BOT}> .+\(to {first.username}, ", report), report
+    assert re.search(rf"\[21:00:\d\d\] <{BOT}> .+\(to {first.username}, ", report), report
     # Production limits hold most of an excited room back, and the report says why.
     held = result.outcome_table()
     assert sum(held.values()) == len(result.decisions) - len(result.replies)
@@ -342,6 +342,36 @@ async def test_failing_llm_is_reported_as_llm_failed(tmp_path: Path, fake_llm: F
     assert "llm_failed" in format_report(result)
 
 
+async def test_an_outage_gives_a_mention_the_fallback_line_in_the_report(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    fake_llm.fail_with(503, "down")
+    transcript = tmp_path / "t.txt"
+    transcript.write_text("Alice: cynthia hello\nAlice: cynthia hello again\nBob: a movie\n")
+    broken = settings(
+        llm_url=fake_llm.base_url,
+        rate_limits=LOOSE_LIMITS,
+        spam=LOOSE_SPAM,
+        triggers=[FREE_TRIGGER],
+        validation={"history_size": 0, "fallback_response": "Back in a moment."},
+    )
+    result = await replay_transcript(transcript, broken, ReplayOptions(llm="configured"))
+    assert [(d.username, d.outcome, d.parts) for d in result.decisions] == [
+        ("Alice", "fallback", ("Back in a moment.",)),
+        ("Alice", "llm_failed", ()),
+        ("Bob", "llm_failed", ()),
+    ]
+    assert result.bot_lines == 1 and result.replies == []
+    report = format_report(result)
+    assert f"<{BOT}> Back in a moment.  (to Alice, mention, fallback line)" in report
+    assert table_row_in(report, "fallback", "all providers failed", "1")
+
+
+def table_row_in(text: str, *cells: str) -> bool:
+    pattern = r"^\s*" + r"\s+".join(re.escape(c) for c in cells) + r"\s"
+    return re.search(pattern, text, re.MULTILINE) is not None
+
+
 async def test_command_shaped_llm_output_is_never_a_reply(
     tmp_path: Path, fake_llm: FakeLLM
 ) -> None:
@@ -466,3 +496,24 @@ def test_cli_nothing_replayable_fails_but_an_empty_file_does_not(
     empty.write_text("")
     assert main(["replay", str(empty), "--config", str(cfg)]) == 0
     assert "0 chat line(s)" in capsys.readouterr().out
+
+
+async def test_replayed_records_carry_the_transcript_time(tmp_path: Path) -> None:
+    """Not the wall clock: a replayed log reads against its transcript (and `stats` hours)."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("[21:00:15] Alice: cynthia hello\n[21:07:42] Bob: cynthia hi there\n")
+    bridged = tmp_path / "bridged.jsonl"
+    bridged.write_text(chat_line("Carol", "cynthia evening", 1_763_777_438_071) + "\n")
+    loose = settings(rate_limits=LOOSE_LIMITS, spam=LOOSE_SPAM)
+    stamps: dict[str, list[str]] = {}
+    for transcript in (plain, bridged):
+        out = tmp_path / f"{transcript.stem}.jsonl.out"
+        await replay_transcript(transcript, loose, ReplayOptions(jsonl=out))
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        stamps[transcript.stem] = [r["timestamp"] for r in records]
+    # Plain lines carry a time of day only: day 0 of the epoch, as the replay counts them.
+    assert stamps["plain"] == ["1970-01-01T21:00:15.000Z", "1970-01-01T21:07:42.000Z"]
+    assert stamps["bridged"] == ["2025-11-22T02:10:38.071Z"]
+    report = io.StringIO()
+    assert run_stats(tmp_path / "plain.jsonl.out", None, report) == 0
+    assert re.search(r"^\s*1970-01-01 21:00\s+2$", report.getvalue(), re.MULTILINE)

@@ -274,26 +274,50 @@ def test_quiet_channel_first_mention_is_answered() -> None:
     assert guard.check_reply(LOUNGE, "alice").allowed
 
 
-def test_below_the_minimum_sample_the_share_is_not_judged() -> None:
+def test_in_a_quiet_room_mentions_are_answered_and_unasked_replies_are_not() -> None:
     guard, _ = make(max_chat_share=0.05, chat_share_min_sample_lines=20)
     for _ in range(5):
         guard.note_chat_line(LOUNGE, "alice", is_bot=False)
     guard.record_reply(LOUNGE, "alice", parts=3)
-    assert guard.check_reply(LOUNGE, "bob").allowed, "8 lines < 20: not a sample"
+    assert guard.check_reply(LOUNGE, "bob").allowed, "5 lines from people: a quiet room"
+    unasked = guard.check_reply(LOUNGE, "bob", solicited=False)
+    assert (unasked.allowed, unasked.reason) == (False, "chat_share")
+    assert "4 of the last 9 lines of a quiet room, unasked" in unasked.detail
+
+
+def test_an_unasked_reply_needs_a_room_where_it_stays_under_the_share() -> None:
+    """At 5 %, one line of the bot needs 20 lines from people beside it: (0 + 1) / 21."""
+    guard, _ = make(max_chat_share=0.05, chat_share_min_sample_lines=20)
+    for i in range(19):
+        guard.note_chat_line(LOUNGE, f"user{i}", is_bot=False)
+    held = guard.check_reply(LOUNGE, "user1", solicited=False)
+    assert (held.allowed, held.reason) == (False, "chat_share"), "1 of 20 is 5 %, not under"
+    guard.note_chat_line(LOUNGE, "user19", is_bot=False)
+    assert guard.check_reply(LOUNGE, "user1", solicited=False).allowed, "1 of 21 < 5 %"
 
 
 def test_chat_share_holds_back_a_dominating_bot_until_people_talk() -> None:
     guard, _ = make(
         max_chat_share=0.1, chat_share_min_sample_lines=20, max_consecutive_replies_to_user=100
     )
-    for i in range(18):
+    for i in range(20):
         guard.note_chat_line(LOUNGE, f"user{i}", is_bot=False)
-    guard.record_reply(LOUNGE, "user1", parts=2)  # 2 of 20 lines = 10%
-    blocked = guard.check_reply(LOUNGE, "user2")
-    assert (blocked.allowed, blocked.reason) == (False, "chat_share")
-    assert "2 of the last 20" in blocked.detail
-    guard.note_chat_line(LOUNGE, "someone", is_bot=False)  # 2 of 21 < 10%
-    assert guard.check_reply(LOUNGE, "user2").allowed
+    guard.record_reply(LOUNGE, "user1", parts=2)  # 2 of 22 lines; one more would be 3 of 23
+    for solicited in (True, False):  # a busy room: the share holds for mentions too
+        blocked = guard.check_reply(LOUNGE, "user2", solicited=solicited)
+        assert (blocked.allowed, blocked.reason) == (False, "chat_share")
+        assert "3 of the last 23 lines of recent chat" in blocked.detail
+    for i in range(7):
+        guard.note_chat_line(LOUNGE, f"later{i}", is_bot=False)
+    assert not guard.check_reply(LOUNGE, "user2").allowed, "3 of 30 is 10 %, not under"
+    guard.note_chat_line(LOUNGE, "someone", is_bot=False)
+    assert guard.check_reply(LOUNGE, "user2").allowed, "3 of 31 < 10 %"
+
+
+def test_a_share_of_one_switches_the_cap_off() -> None:
+    guard, _ = make(max_chat_share=1.0, max_consecutive_replies_to_user=1000)
+    guard.record_reply(LOUNGE, "alice", parts=100)
+    assert guard.check_reply(LOUNGE, "bob", solicited=False).allowed
 
 
 def test_bot_echoes_and_other_bots_are_not_counted() -> None:

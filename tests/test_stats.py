@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from kryten_llm.config import ResponseLogSettings
-from kryten_llm.response_log import ResponseLog, ResponseRecord
-from kryten_llm.tools.stats import percentile, run_stats, summarise
+from kryten_llm.response_log import ResponseLog, ResponseRecord, reason_cause
+from kryten_llm.tools.stats import chart_data, percentile, run_stats, summarise
 
 
 def row(
@@ -230,3 +230,82 @@ async def test_reads_what_the_response_log_writes(tmp_path: Path) -> None:
     assert code == 0
     assert table_row(text, "sent", "15", "50.0%")
     assert table_row(text, "rate_limited", "global_cooldown", "15", "50.0%")
+
+
+def mixed_rows() -> list[dict[str, Any]]:
+    """A log whose reasons carry particulars, as the service writes them."""
+    rows = [
+        row("u", "rate_limited", 4, i, f"user_cooldown: 1 reply in {i + 1}0.0 s; again in {i}.5 s")
+        for i in range(9)
+    ]
+    rows += [
+        row("u", "loop_protection", 4, 10, f"chat_share: a reply would make the bot {n} of 2{n}")
+        for n in (3, 4, 5)
+    ]
+    rows += [
+        row("u", "llm_failed", 4, 11, "all providers failed (main=http_500, backup=timeout)"),
+        row("u", "llm_failed", 4, 12, "all providers failed (main=breaker_open)"),
+        row("u", "llm_failed", 4, 13, "deadline of 30s exceeded"),
+        row("u", "invalid", 4, 14, "too similar to a recent reply (0.92)"),
+        row("u", "invalid", 4, 15, "too similar to a recent reply (0.97)"),
+        row("u", "invalid", 4, 16, "regenerated: too similar to a recent reply (0.90)"),
+        row("u", "guard_blocked", 4, 17, "link to 'a.example' (link_policy=strip); blocked word"),
+        row("u", "guard_blocked", 4, 18, "blocked pattern 'x+'"),
+        row("u", "budget", 4, 19, "user alice"),
+        row("u", "budget", 4, 20, "user bob"),
+        row("u", "sent", 4, 21, "stream interrupted (stream_cut)"),
+    ]
+    return rows
+
+
+def test_reasons_are_grouped_by_cause_in_the_table_and_the_chart(tmp_path: Path) -> None:
+    path = write_log(tmp_path / "mixed.jsonl", mixed_rows(), [])
+    code, text, _ = report(path)
+    assert code == 0
+    expected = {
+        ("rate_limited", "user_cooldown"): 9,
+        ("loop_protection", "chat_share"): 3,
+        ("llm_failed", "all providers failed"): 2,
+        ("llm_failed", "deadline of Ns exceeded"): 1,
+        ("invalid", "too similar to a recent reply"): 2,
+        ("invalid", "regenerated: too similar to a recent reply"): 1,
+        ("guard_blocked", "blocked word"): 1,
+        ("guard_blocked", "blocked pattern"): 1,
+        ("budget", "user"): 2,
+        ("sent", ""): 1,
+    }
+    summary = summarise(path.read_text().splitlines())
+    assert summary.outcomes == expected
+    assert table_row(text, "rate_limited", "user_cooldown", "9", f"{900 / 23:.1f}%")
+    assert table_row(text, "budget", "user", "2", f"{200 / 23:.1f}%")
+    # The chart draws the same rows: one bar per cause, labels distinct, counts as counted.
+    bars = chart_data(summary)["Outcomes"]
+    labels = [label for label, _ in bars]
+    assert len(labels) == len(set(labels)) == len(expected)
+    assert dict(bars) == {f"{o} {r}".strip(): n for (o, r), n in expected.items()}
+    assert bars[0] == ("rate_limited user_cooldown", 9)
+    assert chart_data(summary)["Triggers fired"] == [("mention:mention", 23)]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason", "cause"),
+    [
+        ("rate_limited", "global_per_minute: 2 replies in the last 60 s", "global_per_minute"),
+        ("spam", "penalty", "penalty"),
+        ("paused", "channel paused by the operator", "channel paused by the operator"),
+        (
+            "llm_failed",
+            "regenerate: all providers failed (a=http_429)",
+            "regenerate: all providers failed",
+        ),
+        ("guard_blocked", "nothing left to publish", "nothing left to publish"),
+        ("budget", "channel cytu.be/lounge", "channel"),
+        ("budget", "global", "global"),
+        ("dropped", "reply queue full", "reply queue full"),
+        ("dry_run", "stopped at max_parts (3)", ""),
+        ("invalid", "x" * 10_000, "x" * 48),
+        ("invalid", "", ""),
+    ],
+)
+def test_reason_cause(outcome: str, reason: str, cause: str) -> None:
+    assert reason_cause(outcome, reason) == cause

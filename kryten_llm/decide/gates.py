@@ -124,7 +124,8 @@ class ReplyLoopGate:
         self.guard = guard
 
     def check(self, turn: Turn) -> Hold | None:
-        decision = self.guard.check_reply(turn.key, turn.username)
+        solicited = turn.trigger.kind == "mention"
+        decision = self.guard.check_reply(turn.key, turn.username, solicited=solicited)
         if decision.allowed:
             return None
         return Hold("loop_protection", f"{decision.reason}: {decision.detail}")

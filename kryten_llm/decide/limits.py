@@ -177,6 +177,46 @@ class _History:
             self.times.popleft()
 
 
+@dataclass(slots=True)
+class _Last:
+    at: float = -math.inf
+
+
+class OncePerCooldown:
+    """Something a user gets at most once per cooldown in a room: the outage fallback line.
+
+    `take` asks and spends in one step (the caller is about to do it), so two replies failing
+    at once for one user cannot both get it. Bounded like the limiter: entries older than the
+    cooldown are pruned, and at most `max_tracked_users` (room, user) pairs are kept (LRU).
+    """
+
+    def __init__(
+        self,
+        cooldown_seconds: float,
+        clock: Clock = time.monotonic,
+        max_tracked_users: int = 10_000,
+    ) -> None:
+        self.cooldown_seconds = cooldown_seconds
+        self._clock = clock
+        self._last: BoundedStateMap[tuple[ChannelKey, str], _Last] = BoundedStateMap(
+            max_tracked_users, lambda last, now: now - last.at >= self.cooldown_seconds
+        )
+
+    def take(self, channel: ChannelKey, username: str) -> float | None:
+        """None (and the cooldown starts now) if the user may have it; else the seconds left."""
+        now = self._clock()
+        key = (channel, username.lower()[:MAX_KEY_CHARS])
+        last = self._last.get(key)
+        if last is not None and now - last.at < self.cooldown_seconds:
+            return last.at + self.cooldown_seconds - now
+        self._last.touch(key, _Last).at = now
+        self._last.maybe_prune(now)
+        return None
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+
 @dataclass(frozen=True, slots=True)
 class _Block:
     reason: str

@@ -25,10 +25,14 @@ servers never share counters):
      ping-pong forever: someone else has to speak, or everyone waits.
    - chat share (reason `chat_share`): the bot's lines stay under `max_chat_share` of the recent
      chat, measured over the last `chat_share_window_lines` lines no older than
-     `chat_share_window_seconds`. The share is only judged once that window holds at least
-     `chat_share_min_sample_lines` lines, and a bot with no lines in the window may always speak:
-     so a quiet channel's first mention is answered, and only a bot that is already a large
-     part of a real conversation is held back.
+     `chat_share_window_seconds`, and judged as the share *after* the reply (its first line
+     counted, the oldest line out if the window is full) must stay under the cap. This holds
+     in every room, quiet or busy, with one exception: in a *quiet* room (fewer than
+     `chat_share_min_sample_lines` lines from people in the window) a direct mention is
+     answered whatever the share, under the usual cooldowns. So an unsolicited trigger-word
+     reply needs more than `1 / max_chat_share - 1` recent lines (20 or more at 5 %), a quiet
+     room hears the bot only when someone asks it something, and in a busy room the share
+     holds for mentions too. A share of 1 switches the cap off.
 
    Counting: call `note_chat_line(channel, username, is_bot)` for every chat line (users, the
    bot's own echoes with `is_bot=True`, other bots). Users' lines count toward the window and
@@ -269,15 +273,28 @@ class SpamGuard:
         self._channels.maybe_prune(now)
 
     def check_reply(
-        self, channel: ChannelKey, username: str, now: float | None = None
+        self,
+        channel: ChannelKey,
+        username: str,
+        now: float | None = None,
+        *,
+        solicited: bool = True,
     ) -> ReplyDecision:
-        """May the bot answer `username` in `channel` now? Pure: changes nothing."""
+        """May the bot answer `username` in `channel` now? Pure: changes nothing.
+
+        `solicited` is true for a direct mention (the user asked the bot), false for an
+        unsolicited trigger-word reply: only a mention may speak in a quiet room whatever the
+        share (see "chat share" in the module docstring).
+        """
         now = self._clock() if now is None else now
         state = self._channels.get(channel) or _ChannelState()
-        for check in (self._reply_window_block, self._streak_block, self._share_block):
+        for check in (self._reply_window_block, self._streak_block):
             blocked = check(state, username, now)
             if blocked is not None:
                 return blocked
+        blocked = self._share_block(state, now, solicited)
+        if blocked is not None:
+            return blocked
         return ReplyDecision(True, REASON_OK, "within reply caps and chat share")
 
     def record_reply(
@@ -359,19 +376,34 @@ class SpamGuard:
             f"from others or {quiet:.1f} s",
         )
 
-    def _share_block(self, state: _ChannelState, username: str, now: float) -> ReplyDecision | None:
+    def _share_block(
+        self, state: _ChannelState, now: float, solicited: bool
+    ) -> ReplyDecision | None:
+        """The share the bot would have with this reply's first line, against the cap.
+
+        Judged after the reply, not before it, so the cap holds: a bot at 4.9 % cannot reply
+        its way past 5 %, and a bot with no lines cannot speak unasked into a room too quiet
+        for one line to stay under the share.
+        """
         s = self._settings
+        if s.max_chat_share >= 1.0:
+            return None
         window = [is_bot for t, is_bot in state.lines if t > now - s.chat_share_window_seconds]
-        total, bot = len(window), sum(window)
-        if total < s.chat_share_min_sample_lines or bot == 0:
+        quiet = len(window) - sum(window) < s.chat_share_min_sample_lines
+        if solicited and quiet:
+            return None  # someone asked the bot in a quiet room: the cooldowns pace it
+        # The window as it would be with the reply: one more bot line, the oldest out if full.
+        after = [*window, True][-s.chat_share_window_lines :]
+        total, bot = len(after), sum(after)
+        share = bot / total
+        if share < s.max_chat_share:
             return None
-        if bot / total < s.max_chat_share:
-            return None
+        room = "a quiet room, unasked" if quiet else "recent chat"
         return ReplyDecision(
             False,
             REASON_CHAT_SHARE,
-            f"the bot wrote {bot} of the last {total} lines ({bot / total:.0%}; limit "
-            f"{s.max_chat_share:.0%})",
+            f"a reply would make the bot {bot} of the last {total} lines of {room} "
+            f"({share:.0%}; limit {s.max_chat_share:.0%})",
         )
 
     def _trim_channel(self, state: _ChannelState, now: float) -> None:

@@ -32,6 +32,13 @@ _EXTRA_INVISIBLE = frozenset(
     }
 )
 ZWJ = "\u200d"
+BLACK_FLAG = "\U0001f3f4"
+CANCEL_TAG = "\U000e007f"
+_TAG_FIRST, _TAG_LAST = 0xE0020, 0xE007E
+"""Tag characters: invisible ASCII look-alikes, the spelling of a subdivision flag."""
+RGI_SUBDIVISION_FLAGS = frozenset({"gbeng", "gbsct", "gbwls"})
+"""The subdivision flags Unicode recommends for general interchange (England, Scotland,
+Wales): a black flag, these letters as tag characters, and a cancel tag."""
 
 _WHITESPACE_RUN = re.compile(r"[^\S\n]+")
 _BLANK_LINES = re.compile(r"\s*\n\s*")
@@ -94,14 +101,47 @@ def remove_invisible(text: str, keep_emoji_zwj: bool = True) -> str:
     """Drop invisible characters; a ZWJ survives only between two non-ASCII symbols.
 
     Keeping the joiner inside emoji sequences (family, profession emoji) keeps them one glyph;
-    anywhere else a ZWJ is only useful for hiding things, so it goes.
+    anywhere else a ZWJ is only useful for hiding things, so it goes. Tag characters go too
+    (they can spell hidden text), except inside the England, Scotland and Wales flags, which
+    stay whole; any other black flag followed by tags is removed whole, flag and all, so no
+    flag is left half drawn and no hidden spelling rides on one. Linear in the text.
     """
     out: list[str] = []
-    for index, ch in enumerate(text):
+    index = 0
+    while index < len(text):
+        ch = text[index]
+        if ch == BLACK_FLAG and index + 1 < len(text) and _is_tag(text[index + 1]):
+            end = _flag_end(text, index)
+            if _is_rgi_subdivision_flag(text[index:end]):
+                out.append(text[index:end])
+            index = end
+            continue
         keep_joiner = ch == ZWJ and keep_emoji_zwj and _joins_symbols(text, index)
         if keep_joiner or not is_invisible(ch):
             out.append(ch)
+        index += 1
     return "".join(out)
+
+
+def _is_tag(ch: str) -> bool:
+    return _TAG_FIRST <= ord(ch) <= _TAG_LAST
+
+
+def _flag_end(text: str, start: int) -> int:
+    """Index just past the tag sequence that starts with the black flag at `start` (its tag
+    characters, and the cancel tag that closes it, if one does)."""
+    end = start + 1
+    while end < len(text) and _is_tag(text[end]):
+        end += 1
+    return end + 1 if end < len(text) and text[end] == CANCEL_TAG else end
+
+
+def _is_rgi_subdivision_flag(sequence: str) -> bool:
+    """A black flag, the tag spelling of a recommended subdivision, and a cancel tag."""
+    if len(sequence) < 3 or sequence[-1] != CANCEL_TAG:
+        return False
+    spelled = "".join(chr(ord(c) - 0xE0000) for c in sequence[1:-1])
+    return spelled in RGI_SUBDIVISION_FLAGS
 
 
 def _joins_symbols(text: str, index: int) -> bool:

@@ -8,7 +8,11 @@ turning control characters into spaces and trimming; other bots in a channel rea
    collapsed), and publishes the *normalised* text, so what was checked is what is sent;
    then replaces configured secrets and key-shaped strings (`kryten_llm.redact`), before any
    re-split could cut one in two;
-2. applies the blocklist (block the reply, or redact the match) and the link policy;
+2. applies the blocklist (block the reply, or redact the match) and the link policy; a blocked
+   link domain is also found written to slip past a plain match (`evil[.]com`,
+   `evil (dot) com`, `hxxps://evil[.]com`, look-alike letters such as a Cyrillic `е` or a
+   Greek `ο`, look-alike dots), on a letter-for-letter "skeleton" of the text, and the words
+   that carry it are cut;
 3. re-splits any part over the length limit (so unformatted text is safe too);
 4. neutralises command-like parts by **dropping** the leading command characters (and any
    blanks before them), repeatedly, so "/me /clear" becomes "me /clear" and "//kick" becomes
@@ -69,6 +73,30 @@ _URL = re.compile(r"(?i)(?:\b[a-z][\w+.-]{0,30}://|\bwww\.)[^\s<>\"'`]+")
 _DOMAIN = re.compile(
     r"(?i)(?<![\w.-])((?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_][\w-]{1,62})(?![\w-])"
 )
+# Letters that read as a Latin letter in a host name, and dots that read as a dot: mapped
+# one character to one, so a match on the skeleton is a span of the text. NFKC has already
+# folded fullwidth, mathematical and other compatibility forms before this is used.
+_SKELETON_PAIRS = (
+    # Cyrillic
+    ("аaвbеeёeіiїiјjкkмmоoрpсcѕsуyхxԁdԛqԝwһhӏl", "lower"),
+    ("АaВbЕeЁeІiЇiЈjКkМmНhОoРpСcЅsТtУyХxԚqԜwҺhӀl", "upper"),
+    # Greek
+    ("αaοoνvρpιiκkτtυuχxεe", "lower"),
+    ("ΑaΒbΕeΖzΗhΙiΚkΜmΝnΟoΡpΤtΥyΧx", "upper"),
+    # Armenian and Latin extensions
+    ("օoսuհhոnզqցgıiȷjɑaɡgɩiɪi", "other"),
+    # dots: ideographic, Arabic, Syriac, middle dots
+    ("\u3002.\u06d4.\u0701.\u0702.\u00b7.\u2e31.\ua4f8.", "dots"),
+)
+SKELETON: dict[int, str] = {
+    ord(pairs[i]): pairs[i + 1] for pairs, _ in _SKELETON_PAIRS for i in range(0, len(pairs), 2)
+}
+_DISGUISED_DOT = re.compile(
+    r"\s{0,3}[\[({<]\s{0,3}(?:\.|dot)\s{0,3}[\])}>]\s{0,3}"
+    r"|(?<=[^\W_])\s{1,3}(?:dot|\.)\s{1,3}(?=[^\W_])"
+)
+"""`[.]`, `(.)`, `{dot}`, ` (dot) `, and ` dot ` or ` . ` between two words: a dot, written
+to slip past (matched on the lower-cased skeleton). Every repetition is bounded: linear."""
 # CyTube's own command character is neutralised whatever `command_prefixes` says.
 ALWAYS_NEUTRALISED = ("/",)
 _TRAILING_PUNCTUATION = ".,;:!?)]}'\"”’»"
@@ -196,6 +224,38 @@ def domain_matches(host: str, domains: Sequence[str]) -> bool:
     return any(host == d or host.endswith("." + d) for d in domains)
 
 
+def skeleton(text: str) -> tuple[str, list[int]]:
+    """`text` as a host name reader sees it, and where each of its characters came from.
+
+    Look-alike letters and dots become their Latin letter and `.`, letters are lower-cased
+    (one character to one), and a disguised dot (`[.]`, ` (dot) `) becomes `.`. `origin[i]`
+    is the index in `text` of the skeleton's character `i`, so a match can be cut from the
+    text. Linear in the length of `text`.
+    """
+    mapped = "".join(c if len(low := c.lower()) != 1 else low for c in text.translate(SKELETON))
+    out: list[str] = []
+    origin: list[int] = []
+    position = 0
+    for match in _DISGUISED_DOT.finditer(mapped):
+        out.append(mapped[position : match.start()])
+        origin.extend(range(position, match.start()))
+        out.append(".")
+        origin.append(match.start())
+        position = match.end()
+    out.append(mapped[position:])
+    origin.extend(range(position, len(mapped)))
+    return "".join(out), origin
+
+
+def _words_around(text: str, start: int, end: int) -> tuple[int, int]:
+    """Widen `start:end` to the whitespace-separated words it touches."""
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    return start, end
+
+
 class OutputGuard:
     """Checks and fixes the parts of one reply; see the module docstring for the steps."""
 
@@ -288,7 +348,24 @@ class OutputGuard:
                 host = link_host(match.group(1))
                 if domain_matches(host, self._safety.blocked_link_domains):
                     spans.append((*match.span(1), f"blocked domain {host!r}"))
-        return self._cut_spans(text, spans, decisions), None
+        text = self._cut_spans(text, spans, decisions)
+        return self._cut_disguised_domains(text, decisions), None
+
+    def _cut_disguised_domains(self, text: str, decisions: list[GuardDecision]) -> str:
+        """Cut the words that still name a blocked domain once read as a host name reader would
+        (`evil[.]com`, `evil (dot) com`, Cyrillic or Greek look-alike letters, odd dots)."""
+        blocked = self._safety.blocked_link_domains
+        if not blocked:
+            return text
+        view, origin = skeleton(text)
+        spans: list[tuple[int, int, str]] = []
+        for match in _DOMAIN.finditer(view):
+            host = skeleton(link_host(match.group(1)))[0]
+            if domain_matches(host, blocked):
+                start, end = match.span(1)
+                words = _words_around(text, origin[start], origin[end - 1] + 1)
+                spans.append((*words, f"disguised link to blocked domain {host!r}"))
+        return self._cut_spans(text, spans, decisions)
 
     def _cut_spans(
         self, text: str, spans: list[tuple[int, int, str]], decisions: list[GuardDecision]

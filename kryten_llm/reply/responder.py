@@ -281,11 +281,25 @@ class Responder:
         reply.outcome.reason = "regenerated after refusal"
 
     async def _send_fallback(self, reply: ReplyContext) -> None:
-        parts = self.formatter.format(self.validator.fallback_response)
-        guarded = self.guard.check(parts[: self.max_parts])
-        if guarded.blocked or not guarded.parts:
+        sent = await self.say(self.validator.fallback_response, reply.send)
+        if not sent:
             return
         outcome = reply.outcome
-        outcome.sent += await reply.send(guarded.parts)
+        outcome.sent += sent
         outcome.outcome = "sent"
         outcome.reason = f"fallback after refusal: {outcome.reason}"
+
+    async def say(self, text: str, send: Send) -> list[str]:
+        """Post a fixed line (a configured fallback) the way every reply is posted.
+
+        It is configuration, not model output, and still goes through the formatter and the
+        guard (and `send`: the sender's checks and pacing): a fallback line written as
+        `/clear` is neutralised like any other. Returns what was sent (nothing if refused).
+        """
+        parts = self.formatter.format(text)
+        guarded = self.guard.check(parts[: self.max_parts])
+        for decision in guarded.decisions:
+            log.info("guard %s: %s", decision.action, decision.reason)
+        if guarded.blocked or not guarded.parts:
+            return []
+        return await send(guarded.parts)

@@ -16,7 +16,9 @@ posted, nothing sleeps; it behaves as dry run) and, by default, the offline Mark
 (`--llm configured` uses the configured providers for real). Each reply is awaited before the
 next line is decided, so replies that feed back into decisions (the repetition check, the
 bot's share of the chat) are deterministic too. Every triggered line leaves one record in a
-real `ResponseLog` (`--jsonl OUT`, so `kryten-llm stats OUT` reads it; else a temporary file).
+real `ResponseLog` (`--jsonl OUT`, so `kryten-llm stats OUT` reads it; else a temporary file),
+stamped with the transcript's time, not the wall clock, so the log reads against the chat
+(plain lines carry a time of day only, and are dated day 0 of the epoch, 1970-01-01).
 
 Transcripts (JSONL bridge events, or plain `user: message` lines) are read by `transcript.py`,
 which also says what makes a line malformed. Of the events read, those the service listens to
@@ -66,6 +68,7 @@ from kryten_llm.response_log import (
     ResponseLog,
     ResponseLogError,
     ResponseRecord,
+    reason_cause,
 )
 from kryten_llm.tools._tables import percent, safe, table
 from kryten_llm.tools.offline import MODEL_NAME, OfflineLLMServer
@@ -187,8 +190,8 @@ class Decision:
 
     @property
     def reason_key(self) -> str:
-        """The machine part of a reason (`user_cooldown`, not the seconds left)."""
-        return self.reason.split(":", 1)[0].strip() if not self.replied else ""
+        """The cause a reason names (`user_cooldown`, not the seconds left): `reason_cause`."""
+        return reason_cause(self.outcome, self.reason)
 
 
 @dataclass
@@ -226,6 +229,11 @@ class ReplayResult:
     @property
     def replies(self) -> list[Decision]:
         return [d for d in self.decisions if d.replied]
+
+    @property
+    def spoken(self) -> list[Decision]:
+        """Every decision that put lines in chat: replies, and fallback lines for an outage."""
+        return [d for d in self.decisions if d.parts]
 
     @property
     def span_seconds(self) -> float:
@@ -522,9 +530,10 @@ def _trigger_label(decision: Decision) -> str:
 def _said_lines(result: ReplayResult) -> list[str]:
     bot = safe(result.bot)
     lines: list[str] = []
-    for reply in result.replies:
+    for reply in result.spoken:
         stamp = f"[{clock_time(reply.time_ms)}]"
-        note = f"  (to {safe(reply.username)}, {_trigger_label(reply)})"
+        kind = _trigger_label(reply) + (", fallback line" if not reply.replied else "")
+        note = f"  (to {safe(reply.username)}, {kind})"
         for index, part in enumerate(reply.parts):
             prefix = stamp if index == 0 else " " * len(stamp)
             suffix = note if index == 0 else ""

@@ -4,8 +4,10 @@ The tuning loop is: run (or dry-run) for a while, read the stats, adjust cooldow
 probabilities, repeat. The report answers the questions that loop asks:
 
 - triggers fired, by type and name (which words fire too often or never);
-- outcomes: replies (`sent` + `dry_run`) versus held back, by outcome and reason (which limit
-  holds the bot back most);
+- outcomes: replies (`sent` + `dry_run`) versus held back, by outcome and cause (which limit
+  holds the bot back most). A reason's particulars (seconds left, a provider's status, a
+  user's name) are not its cause: `response_log.reason_cause` reduces `user_cooldown: allowed
+  again in 42.0 s` to `user_cooldown`, so one cause is one row, and one bar in the chart;
 - LLM latency p50/p95/p99/max over records that carry `latency_ms` (nearest-rank percentiles);
 - busiest users (triggers and replies, names compared case-insensitively);
 - replies per hour (UTC).
@@ -32,10 +34,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from kryten_llm.response_log import REPLY_OUTCOMES
+from kryten_llm.response_log import CAUSE_CHARS, REPLY_OUTCOMES, reason_cause
 from kryten_llm.tools._tables import percent, safe, table
 
 TOP_USERS = 10
+CHART_BARS = 15
+CHART_LABEL_CHARS = 72
 EXIT_OK = 0
 EXIT_UNREADABLE = 1
 EXIT_NO_MATPLOTLIB = 2
@@ -61,8 +65,8 @@ class Summary:
 
     def add(self, row: dict[str, Any]) -> None:
         outcome = _text(row.get("outcome"))
-        reason = row.get("reason") if outcome not in REPLY_OUTCOMES else ""
-        reason = reason if isinstance(reason, str) else ""
+        reason = row.get("reason")
+        reason = reason_cause(outcome, reason) if isinstance(reason, str) else ""
         user = _text(row.get("username")).lower()
         self.records += 1
         self.triggers[(_text(row.get("trigger_type")), _text(row.get("trigger_name")))] += 1
@@ -155,7 +159,7 @@ def format_report(summary: Summary, source: str) -> str:
     lines += table(
         ["outcome", "reason", "count", "share"],
         [
-            [safe(outcome), safe(reason), str(n), percent(n, total)]
+            [safe(outcome), safe(reason, CAUSE_CHARS), str(n), percent(n, total)]
             for (outcome, reason), n in summary.outcomes.most_common()
         ],
         text_columns=2,
@@ -249,15 +253,36 @@ def _load_pyplot(err: TextIO) -> Any:
     return plt
 
 
+Bars = list[tuple[str, int]]
+
+
+def chart_data(summary: Summary) -> dict[str, Bars]:
+    """The bar charts' (label, count) pairs, most common first: one bar per row of the report.
+
+    Labels are made terminal- and chart-safe; a bar is drawn at its own position, so two
+    labels that look alike after cutting are still two bars.
+    """
+    triggers = summary.triggers.most_common(CHART_BARS)
+    outcomes = summary.outcomes.most_common(CHART_BARS)
+    return {
+        "Triggers fired": [(safe(f"{k}:{n}", CHART_LABEL_CHARS), c) for (k, n), c in triggers],
+        "Outcomes": [(safe(f"{o} {r}".strip(), CHART_LABEL_CHARS), c) for (o, r), c in outcomes],
+    }
+
+
+def _bars(axis: Any, title: str, bars: Bars) -> None:
+    positions = list(range(len(bars)))
+    axis.barh(positions, [count for _, count in bars])
+    axis.set_yticks(positions, [label for label, _ in bars])
+    axis.invert_yaxis()  # most common on top, as in the text report
+    axis.set_title(title)
+
+
 def _draw(plt: Any, summary: Summary, target: Path) -> None:
     """The same four views as the text report, as one PNG."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    names = summary.triggers.most_common(15)
-    axes[0][0].barh([safe(f"{k}:{n}") for (k, n), _ in names], [c for _, c in names])
-    axes[0][0].set_title("Triggers fired")
-    outcomes = summary.outcomes.most_common(15)
-    axes[0][1].barh([safe(f"{o} {r}".strip()) for (o, r), _ in outcomes], [c for _, c in outcomes])
-    axes[0][1].set_title("Outcomes")
+    for axis, (title, bars) in zip(axes[0], chart_data(summary).items(), strict=True):
+        _bars(axis, title, bars)
     axes[1][0].hist(summary.latencies_ms or [0], bins=30)
     axes[1][0].set_title("LLM latency (ms)")
     hours = sorted(summary.replies_per_hour.items())

@@ -6,6 +6,20 @@ One `FakeProvider` per wire format (`openai_compatible`, `openrouter`, `ollama`,
 `status`, `hang`, `malformed`, `empty`, `null_content`, `stream`, `cut`, ...) and render
 themselves in the server's own format: JSON bodies, error objects, `Retry-After`, SSE with
 `[DONE]`, Anthropic's typed events, Gemini's SSE, Ollama's NDJSON.
+
+Before any behaviour, a request is checked the way the real API checks it, and refused with
+its real error when it has the wrong shape for the model:
+
+- OpenAI (`openai_compatible`): a reasoning model (o-series, gpt-5 family, by the requested
+  model's name, or `reasoning=True`) refuses `max_tokens` (400 `unsupported_parameter`) and any
+  `temperature` but 1 (400 `unsupported_value`). A server with `knows_max_completion_tokens`
+  false (a compatible server older than the field) refuses `max_completion_tokens` as an
+  unrecognized argument. OpenRouter takes `max_tokens` for every model.
+- Gemini: 2.5 models think. Without a `thinkingConfig` (or with budget -1) the fake thinks
+  `dynamic_thinking_tokens`; with a budget, at most that; 0 is off on Flash and refused on Pro
+  (400 INVALID_ARGUMENT). A `thinkingConfig` sent to a model that does not think is refused.
+  Thinking is spent from `maxOutputTokens`: when nothing is left, the answer has no text and
+  finish reason `MAX_TOKENS`, and `usageMetadata.thoughtsTokenCount` says what was spent.
 """
 
 from __future__ import annotations
@@ -24,6 +38,9 @@ from tests.support.nats_server import free_port
 
 PROMPT_TOKENS = 42
 COMPLETION_TOKENS = 7
+DYNAMIC_THINKING_TOKENS = 300
+"""What a fake Gemini 2.5 thinks when the request leaves it to the model."""
+PRO_MIN_THINKING_TOKENS = 128
 
 Behaviour = Callable[["FakeProvider", web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
 
@@ -49,8 +66,33 @@ def _wants_stream(kind: str, request: web.Request, body: dict[str, Any]) -> bool
     return bool(body.get("stream"))
 
 
-def success_body(kind: str, text: Any, model: str, usage: bool = True) -> dict[str, Any]:
-    """A complete (non-streamed) answer carrying `text` (which may be None to test nulls)."""
+def is_openai_reasoning_model(model: str) -> bool:
+    """OpenAI's reasoning models by name (written here apart from the provider's own check)."""
+    name = model.rsplit("/", 1)[-1].lower()
+    return name.startswith(("o1", "o3", "o4", "gpt-5"))
+
+
+def openai_error(status: int, message: str, param: str, code: str) -> web.Response:
+    """An OpenAI `invalid_request_error`, as the API sends it."""
+    payload = {
+        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    }
+    return web.json_response(payload, status=status)
+
+
+def gemini_error(status: int, message: str, state: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": status, "message": message, "status": state}}, status=status
+    )
+
+
+def success_body(
+    kind: str, text: Any, model: str, usage: bool = True, thoughts: int = 0
+) -> dict[str, Any]:
+    """A complete (non-streamed) answer carrying `text` (which may be None to test nulls).
+
+    `thoughts`: Gemini thinking tokens spent (reported as `thoughtsTokenCount`).
+    """
     if kind in ("openai_compatible", "openrouter"):
         body: dict[str, Any] = {
             "id": "chatcmpl-1",
@@ -105,12 +147,19 @@ def success_body(kind: str, text: Any, model: str, usage: bool = True) -> dict[s
         "modelVersion": model,
     }
     if usage:
-        body["usageMetadata"] = {
-            "promptTokenCount": PROMPT_TOKENS,
-            "candidatesTokenCount": COMPLETION_TOKENS,
-            "totalTokenCount": PROMPT_TOKENS + COMPLETION_TOKENS,
-        }
+        body["usageMetadata"] = gemini_usage(COMPLETION_TOKENS, thoughts)
     return body
+
+
+def gemini_usage(answer_tokens: int | None, thoughts: int) -> dict[str, Any]:
+    """Gemini's `usageMetadata`: thinking is reported apart, and only when there was some."""
+    meta: dict[str, Any] = {"promptTokenCount": PROMPT_TOKENS}
+    if answer_tokens is not None:
+        meta["candidatesTokenCount"] = answer_tokens
+    if thoughts:
+        meta["thoughtsTokenCount"] = thoughts
+    meta["totalTokenCount"] = PROMPT_TOKENS + (answer_tokens or 0) + thoughts
+    return meta
 
 
 def empty_body(kind: str, model: str) -> dict[str, Any]:
@@ -124,8 +173,10 @@ def empty_body(kind: str, model: str) -> dict[str, Any]:
     return {"candidates": [], "modelVersion": model}
 
 
-def error_response(kind: str, status: int, message: str) -> web.Response:
-    """The error body each provider really sends."""
+def error_response(
+    kind: str, status: int, message: str, retry_delay: str | None = None
+) -> web.Response:
+    """The error body each provider really sends; Gemini's 429 names its retry delay in it."""
     payload: dict[str, Any]
     if kind in ("openai_compatible", "openrouter"):
         payload = {"error": {"message": message, "type": "server_error", "code": status}}
@@ -138,12 +189,36 @@ def error_response(kind: str, status: int, message: str) -> web.Response:
             "error": {"type": kinds.get(status, "api_error"), "message": message},
         }
     else:
-        payload = {"error": {"code": status, "message": message, "status": "UNAVAILABLE"}}
+        state = "RESOURCE_EXHAUSTED" if status == 429 else "UNAVAILABLE"
+        payload = {"error": {"code": status, "message": message, "status": state}}
+        if retry_delay is not None:
+            payload["error"]["details"] = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [
+                        {
+                            "quotaMetric": "generativelanguage.googleapis.com/"
+                            "generate_content_free_tier_requests",
+                            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                        }
+                    ],
+                },
+                {
+                    "@type": "type.googleapis.com/google.rpc.Help",
+                    "links": [{"description": "Learn more about Gemini API quotas"}],
+                },
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay},
+            ]
     return web.json_response(payload, status=status)
 
 
-def stream_frames(kind: str, chunks: list[str], model: str) -> tuple[list[bytes], list[bytes]]:
-    """(frames carrying the chunks, closing frames with finish/usage/end marker)."""
+def stream_frames(
+    kind: str, chunks: list[str], model: str, thoughts: int = 0, finish: str | None = None
+) -> tuple[list[bytes], list[bytes]]:
+    """(frames carrying the chunks, closing frames with finish/usage/end marker).
+
+    `thoughts`: Gemini thinking tokens spent; `finish`: the finish reason, if not the usual.
+    """
 
     def sse(data: Any, event: str | None = None) -> bytes:
         head = f"event: {event}\n" if event else ""
@@ -156,8 +231,9 @@ def stream_frames(kind: str, chunks: list[str], model: str) -> tuple[list[bytes]
             for c in chunks
         ]
         usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS}
+        reason = finish or "stop"
         tail = [
-            sse({"model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            sse({"model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}),
             sse({"model": model, "choices": [], "usage": usage}),
             sse("[DONE]"),
         ]
@@ -241,14 +317,11 @@ def stream_frames(kind: str, chunks: list[str], model: str) -> tuple[list[bytes]
         "candidates": [
             {
                 "content": {"role": "model", "parts": [{"text": ""}]},
-                "finishReason": "STOP",
+                "finishReason": finish or "STOP",
                 "index": 0,
             }
         ],
-        "usageMetadata": {
-            "promptTokenCount": PROMPT_TOKENS,
-            "candidatesTokenCount": COMPLETION_TOKENS,
-        },
+        "usageMetadata": gemini_usage(COMPLETION_TOKENS if chunks else None, thoughts),
         "modelVersion": model,
     }
     return body, [sse(final)]
@@ -278,18 +351,28 @@ def reply(
             words = text.split(" ")
             chunks = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
             return await stream(chunks)(fake, request, body)
-        return web.json_response(success_body(fake.kind, text, fake.model, usage))
+        thoughts = fake.thoughts(body)
+        if fake.out_of_budget(body):
+            return await fake.max_tokens_answer(request, body)
+        return web.json_response(success_body(fake.kind, text, fake.model, usage, thoughts))
 
     return behaviour
 
 
-def status(code: int, message: str = "boom", *, retry_after: str | None = None) -> Behaviour:
-    """An HTTP error in the provider's own error format, optionally with `Retry-After`."""
+def status(
+    code: int,
+    message: str = "boom",
+    *,
+    retry_after: str | None = None,
+    retry_delay: str | None = None,
+) -> Behaviour:
+    """An HTTP error in the provider's own error format, optionally with `Retry-After` (a
+    header) or, for Gemini, a `RetryInfo` `retryDelay` in the body (`"2s"`)."""
 
     async def behaviour(
         fake: FakeProvider, request: web.Request, body: dict[str, Any]
     ) -> web.StreamResponse:
-        response = error_response(fake.kind, code, message)
+        response = error_response(fake.kind, code, message, retry_delay)
         if retry_after is not None:
             response.headers["Retry-After"] = retry_after
         return response
@@ -354,7 +437,9 @@ def stream(
     async def behaviour(
         fake: FakeProvider, request: web.Request, body: dict[str, Any]
     ) -> web.StreamResponse:
-        frames, tail = stream_frames(fake.kind, chunks, fake.model)
+        if fake.out_of_budget(body):
+            return await fake.max_tokens_answer(request, body)
+        frames, tail = stream_frames(fake.kind, chunks, fake.model, fake.thoughts(body))
         if first_delay_seconds:
             await asyncio.sleep(first_delay_seconds)
         response = await _open_stream(fake.kind, request)
@@ -390,6 +475,35 @@ def cut(chunks: list[str], *, abort: bool = True, stall_seconds: float = 0.0) ->
             return response
         await response.write_eof()
         return response
+
+    return behaviour
+
+
+def reasoning_spent_all() -> Behaviour:
+    """An OpenAI reasoning model that used its whole `max_completion_tokens` reasoning: empty
+    content, finish reason `length`, every completion token a reasoning token."""
+
+    async def behaviour(
+        fake: FakeProvider, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        limit = int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+        usage = {
+            "prompt_tokens": PROMPT_TOKENS,
+            "completion_tokens": limit,
+            "total_tokens": PROMPT_TOKENS + limit,
+            "completion_tokens_details": {"reasoning_tokens": limit},
+        }
+        if _wants_stream(fake.kind, request, body):
+            frames, tail = stream_frames(fake.kind, [], fake.model, finish="length")
+            response = await _open_stream(fake.kind, request)
+            for frame in frames + tail:
+                await response.write(frame)
+            await response.write_eof()
+            return response
+        answer = success_body(fake.kind, "", fake.model)
+        answer["choices"][0]["finish_reason"] = "length"
+        answer["usage"] = usage
+        return web.json_response(answer)
 
     return behaviour
 
@@ -446,6 +560,12 @@ class FakeProvider:
     models_redirect: str | None = None
     """When set, the models listing answers 307 to this location."""
     host: str = "127.0.0.1"
+    reasoning: bool | None = None
+    """openai_compatible: serve an OpenAI reasoning model; None decides by the model name."""
+    knows_max_completion_tokens: bool = True
+    """openai_compatible: False refuses `max_completion_tokens` as an unknown argument."""
+    dynamic_thinking_tokens: int = DYNAMIC_THINKING_TOKENS
+    """gemini 2.5: what the model thinks when the request leaves it to the model."""
     _runner: web.AppRunner | None = None
 
     @property
@@ -473,6 +593,9 @@ class FakeProvider:
         self.requests.clear()
         self.models_status = 200
         self.models_redirect = None
+        self.reasoning = None
+        self.knows_max_completion_tokens = True
+        self.dynamic_thinking_tokens = DYNAMIC_THINKING_TOKENS
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -482,8 +605,105 @@ class FakeProvider:
         self.requests.append(
             Recorded(request.path, dict(request.query), dict(request.headers), body)
         )
+        refused = self._refuse_shape(body)
+        if refused is not None:
+            return refused
         behaviour = self.script.popleft() if self.script else self.default
         return await behaviour(self, request, body)
+
+    # --- the request shapes each model accepts (see the module docstring) ---
+
+    def _refuse_shape(self, body: dict[str, Any]) -> web.Response | None:
+        if self.kind == "openai_compatible":
+            return self._refuse_openai_shape(body)
+        if self.kind == "gemini":
+            return self._refuse_gemini_shape(body)
+        return None
+
+    def _refuse_openai_shape(self, body: dict[str, Any]) -> web.Response | None:
+        model = str(body.get("model", ""))
+        reasoning = is_openai_reasoning_model(model) if self.reasoning is None else self.reasoning
+        if reasoning:
+            if "max_tokens" in body:
+                return openai_error(
+                    400,
+                    "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                    "Use 'max_completion_tokens' instead.",
+                    "max_tokens",
+                    "unsupported_parameter",
+                )
+            temperature = body.get("temperature", 1)
+            if temperature != 1:
+                return openai_error(
+                    400,
+                    f"Unsupported value: 'temperature' does not support {temperature} with "
+                    "this model. Only the default (1) value is supported.",
+                    "temperature",
+                    "unsupported_value",
+                )
+        elif "max_completion_tokens" in body and not self.knows_max_completion_tokens:
+            return openai_error(
+                400,
+                "Unrecognized request argument supplied: max_completion_tokens",
+                "max_completion_tokens",
+                "unknown_parameter",
+            )
+        return None
+
+    def _thinks(self) -> bool:
+        return self.kind == "gemini" and self.model.startswith("gemini-2.5")
+
+    def _thinking_budget(self, body: dict[str, Any]) -> int | None:
+        config = body.get("generationConfig", {}).get("thinkingConfig")
+        return None if config is None else int(config.get("thinkingBudget", -1))
+
+    def _refuse_gemini_shape(self, body: dict[str, Any]) -> web.Response | None:
+        budget = self._thinking_budget(body)
+        if budget is None:
+            return None
+        if not self._thinks():
+            return gemini_error(400, "Thinking is not supported by this model.", "INVALID_ARGUMENT")
+        if self.model.startswith("gemini-2.5-pro") and 0 <= budget < PRO_MIN_THINKING_TOKENS:
+            return gemini_error(
+                400,
+                f"Budget {budget} is invalid. This model only works in thinking mode.",
+                "INVALID_ARGUMENT",
+            )
+        return None
+
+    def thoughts(self, body: dict[str, Any]) -> int:
+        """Thinking tokens a Gemini 2.5 fake spends on this request (0 for other models)."""
+        if not self._thinks():
+            return 0
+        budget = self._thinking_budget(body)
+        dynamic = self.dynamic_thinking_tokens
+        wanted = dynamic if budget is None or budget < 0 else min(budget, dynamic)
+        limit = int(body.get("generationConfig", {}).get("maxOutputTokens", 8192))
+        return min(wanted, limit)
+
+    def out_of_budget(self, body: dict[str, Any]) -> bool:
+        """Thinking left no output tokens for an answer (Gemini 2.5)."""
+        if not self._thinks():
+            return False
+        limit = int(body.get("generationConfig", {}).get("maxOutputTokens", 8192))
+        return self.thoughts(body) + COMPLETION_TOKENS > limit
+
+    async def max_tokens_answer(
+        self, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        """Gemini's answer when thinking spent the budget: no content, `MAX_TOKENS`."""
+        spent = self.thoughts(body)
+        answer = {
+            "candidates": [{"finishReason": "MAX_TOKENS", "index": 0}],
+            "usageMetadata": gemini_usage(None, spent),
+            "modelVersion": self.model,
+        }
+        if not _wants_stream(self.kind, request, body):
+            return web.json_response(answer)
+        response = await _open_stream(self.kind, request)
+        await response.write(f"data: {json.dumps(answer)}\n\n".encode())
+        await response.write_eof()
+        return response
 
     async def _models(self, request: web.Request) -> web.Response:
         self.requests.append(Recorded(request.path, dict(request.query), dict(request.headers), {}))

@@ -11,6 +11,10 @@ Failure kinds (`ProviderError.kind`, also the `Attempt.outcome` the manager reco
 - `bad_json`: the body is not the JSON the wire format promises. Not retryable: a server that
   sends garbage usually keeps doing so, and the next provider is a better bet than a retry.
 - `empty`: no choices / no text / null content. Not retryable, for the same reason.
+- `max_tokens`: the model spent its whole output budget before writing any answer (a thinking
+  or reasoning model's hidden tokens count against it): finish reason `MAX_TOKENS` (Gemini) or
+  `length` (OpenAI). Not retryable: the same budget fails the same way, so the next provider
+  is asked; the fix is a larger `max_tokens` or a smaller `thinking_budget`.
 - `api_error`: an error object inside an otherwise successful response (OpenRouter, Ollama,
   Anthropic stream `error` events). Retryable when the embedded code says it is transient.
 - `blocked`: the provider refused the prompt (Gemini safety). Not retryable.
@@ -34,6 +38,7 @@ built, so a server echoing a credential cannot put it into logs or attempt recor
 
 from __future__ import annotations
 
+import email.utils
 import json
 import math
 import time
@@ -41,6 +46,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import aiohttp
@@ -63,6 +69,8 @@ MAX_TOKENS_PER_CALL = 10_000_000
 reported count is a broken or hostile server, and is clamped to it."""
 NOTE_EXCERPT_CHARS = 24
 """How much of an unusable reported value an anomaly note quotes."""
+MAX_RETRY_AFTER_CHARS = 64
+"""An HTTP date is 29 characters; a longer `Retry-After` is not one we can use."""
 
 
 def _settle_usage(usage: Completion | StreamUsage) -> None:
@@ -134,15 +142,32 @@ StreamItem = str | StreamUsage
 """What `Provider.stream` yields: text deltas, then at most one `StreamUsage`."""
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds form; HTTP dates are ignored)."""
-    if not value:
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds (`120`) or an HTTP date
+    (`Wed, 21 Oct 2026 07:28:00 GMT`, RFC 9110), measured from `now` (epoch seconds; the wall
+    clock by default). A date already past means 0; anything else unreadable, None.
+
+    The header is bounded by the HTTP client, and `parsedate_to_datetime` splits it on
+    whitespace and commas: linear in its length.
+    """
+    if not value or len(value) > MAX_RETRY_AFTER_CHARS:
         return None
+    text = value.strip()
     try:
-        seconds = float(value.strip())
+        seconds = float(text)
     except ValueError:
+        return _retry_after_date(text, time.time() if now is None else now)
+    return seconds if seconds >= 0 and math.isfinite(seconds) else None
+
+
+def _retry_after_date(text: str, now: float) -> float | None:
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return seconds if seconds >= 0 and seconds == seconds else None
+    if moment.tzinfo is None:  # RFC 9110 dates are GMT; a zone-less one is read as such
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, moment.timestamp() - now)
 
 
 def redirect_target(resp: aiohttp.ClientResponse) -> str | None:

@@ -13,6 +13,12 @@ from kryten_llm.llm.providers.openai_compatible import OpenAICompatibleProvider
 class OpenRouterProvider(OpenAICompatibleProvider):
     """OpenAI-compatible, with the optional `HTTP-Referer` and `X-Title` app headers."""
 
+    @property
+    def reasoning(self) -> bool:
+        """`max_tokens` unless told otherwise: OpenRouter maps it onto each model's own limit
+        (an OpenAI reasoning model's `max_completion_tokens` included)."""
+        return bool(self.settings.reasoning_model)
+
     def headers(self) -> dict[str, str]:
         headers = super().headers()
         if self.settings.http_referer:
