@@ -83,10 +83,15 @@ def test_eviction_takes_the_least_important_then_least_recently_used() -> None:
     assert book.evict_over(1) == [] and len(book) == 1
 
 
-def test_ids_are_short_and_the_same_line_gives_the_same_id() -> None:
-    first = note_id(ROOM, "Alice", 1000, "the sky is blue")
-    assert len(first) == 8 and first == note_id(ROOM, "alice", 1000, "the sky is blue")
-    assert first != note_id(ROOM, "alice", 1001, "the sky is blue")
+def test_ids_are_short_the_same_memory_gives_the_same_id_and_a_taken_one_is_salted() -> None:
+    first = note_id(ROOM, "Alice", "the sky is blue")
+    assert len(first) == 8 and first == note_id(ROOM, "alice", "the sky is blue")
+    assert first != note_id(ROOM, "alice", "the sky is blue", salt=1)
+    settings = build_settings({}, "t")
+    keeper = Keeper(settings, ContextManager(settings.context))
+    once = keeper.remember(ROOM, "Alice", "the sky is blue", 1000)
+    twice = keeper.remember(ROOM, "Alice", "the sky is blue", 2000)
+    assert once.id == first and twice.id == note_id(ROOM, "alice", "the sky is blue", salt=1)
 
 
 def test_a_room_keeps_its_bound_and_a_search_counts_a_use() -> None:

@@ -261,10 +261,10 @@ class Keeper:
         """Store a memory now (written behind); the room's least valued go past the bound."""
         book = self.book(room)
         salt = 0
-        ident = note_id(room, username, time_ms, content)
+        ident = note_id(room, username, content)
         while ident in book:
             salt += 1
-            ident = note_id(room, username, time_ms, content, salt)
+            ident = note_id(room, username, content, salt)
         at = time_ms / 1000.0
         note = Note(
             id=ident,

@@ -72,9 +72,10 @@ def keywords(text: str) -> frozenset[str]:
     return frozenset(w for w in words if len(w) >= MIN_WORD_CHARS and w not in STOPWORDS)
 
 
-def note_id(room: ChannelKey, username: str, time_ms: int, content: str, salt: int = 0) -> str:
-    """A short id from what the memory is: the same line gives the same id in a replay."""
-    seed = "\0".join([str(room), username.lower(), str(time_ms), content, str(salt)])
+def note_id(room: ChannelKey, username: str, content: str, salt: int = 0) -> str:
+    """A short id from what the memory is (room, author, words), not from when: a replay of
+    a chat gives the ids the live run gave. The caller salts it when the id is taken."""
+    seed = "\0".join([str(room), username.lower(), content, str(salt)])
     digest = hashlib.blake2b(seed.encode("utf-8", "surrogatepass"), digest_size=8)
     return digest.hexdigest()[:ID_CHARS]
 
