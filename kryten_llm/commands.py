@@ -125,7 +125,7 @@ class CommandRunner:
         prefix = self.settings.commands.prefix
         meant = f" Did you mean {prefix} {command.meant}?" if command.meant else ""
         text = f"{line.username}: not a command.{meant} Try {prefix} help."
-        return Answer(text, "command", f"unknown command (meant {command.meant})")
+        return Answer(text, "command", f"unknown: meant {command.meant}")
 
     def _help(
         self, command: Command, line: ChatLine, channel: ChannelSettings, rank: float
@@ -140,7 +140,7 @@ class CommandRunner:
         if command.arg.strip().casefold() == RESET_ALL:
             self.keeper.forget_room(room)
             text = "this channel's history and every conversation are forgotten."
-            return text, "reset all", "command"
+            return text, "reset: all", "command"
         had = self.keeper.forget_conversation(room, line.username)
         text = "our conversation is forgotten." if had else "there was no conversation to forget."
         return text, "reset", "command"
@@ -153,13 +153,13 @@ class CommandRunner:
         wanted = command.arg.strip().casefold()
         names = ", ".join(f"{name}*" if name == active else name for name in table)
         if not wanted:
-            return f"personas: {names} (* is active).", "persona list", "command"
+            return f"personas: {names} (* is active).", "persona: list", "command"
         if wanted not in table:
             reason = "persona: unknown name"
             text = f"there is no persona {quote(wanted)}; personas: {names}."
             return text, reason, "command_refused"
         self.keeper.set_persona(line.key, wanted)
-        return f"the persona is now {wanted}.", f"persona {wanted}", "command"
+        return f"the persona is now {wanted}.", f"persona: {wanted}", "command"
 
     def _remember(
         self, command: Command, line: ChatLine, channel: ChannelSettings, rank: float
@@ -178,7 +178,7 @@ class CommandRunner:
         note = self.keeper.remember(
             line.key, line.username, text, line.time_ms, category, importance
         )
-        return f"remembered as {note.id}.", f"remember {note.id}", "command"
+        return f"remembered as {note.id}.", f"remember: {note.id}", "command"
 
     def _recall(
         self, command: Command, line: ChatLine, channel: ChannelSettings, rank: float
@@ -193,7 +193,7 @@ class CommandRunner:
         if not found:
             return "I remember nothing about that.", "recall: nothing found", "command"
         listed = "; ".join(f"{note.id} {quote(note.content)}" for note in found)
-        return listed, f"recall {','.join(n.id for n in found)}", "command"
+        return listed, f"recall: {','.join(n.id for n in found)}", "command"
 
     def _forget(
         self, command: Command, line: ChatLine, channel: ChannelSettings, rank: float
@@ -211,7 +211,7 @@ class CommandRunner:
                 f"forgot everything I kept about you here: {forgotten.memories} memories you "
                 f"wrote, our conversation and your chat lines{usage}."
             )
-            return text, "forget me", "command"
+            return text, "forget: me", "command"
         note: Note | None = self.keeper.note(room, arg)
         if note is None:
             return f"there is no memory {quote(arg)}.", "forget: no such memory", "command_refused"
@@ -219,7 +219,7 @@ class CommandRunner:
             text = "only its author or a moderator can forget that memory."
             return text, "forget: not the author", "command_refused"
         self.keeper.forget_note(room, note.id)
-        return f"forgot {note.id}.", f"forget {note.id}", "command"
+        return f"forgot {note.id}.", f"forget: {note.id}", "command"
 
     def _optout(
         self, command: Command, line: ChatLine, channel: ChannelSettings, rank: float

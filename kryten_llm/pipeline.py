@@ -22,6 +22,15 @@ the first that holds gives the record its outcome:
 When none holds, each gate spends the turn in the same order (the limits, then the reply caps)
 and the line gets a `ReplyJob`.
 
+Chat commands (`!chat help`, `decide/commands.py`) are decided here too, in the same order
+and through the same gates (the budget excepted: no LLM is asked); `!chat <question>` is a
+mention. A command is carried out at once on the keeper's mirrors (`memory/`, whose KV
+writes follow behind) and its answer goes to the workers as a `CommandJob`; privacy commands
+take effect even when a gate holds their answer. A sender who opted out is checked against
+the keeper's mirror for every line: their lines are not remembered (so they never reach
+another user's prompt) and nothing of theirs is answered but `optin`; a triggered line of
+theirs is recorded as `opted_out` without its words.
+
 `reply()` is the slow part (the LLM) and runs in a worker, many at once; `responder.py`
 streams the answer into chat. Every triggered message ends in exactly one JSONL record,
 whatever became of it.
@@ -71,7 +80,7 @@ from kryten_llm.reply.prompts import PromptBuilder
 from kryten_llm.reply.responder import Responder
 from kryten_llm.reply.sender import Sender
 from kryten_llm.reply.validator import ReplyValidator
-from kryten_llm.response_log import ResponseLog, ResponseRecord
+from kryten_llm.response_log import REPLY_OUTCOMES, ResponseLog, ResponseRecord
 from kryten_llm.state import StateStore
 from kryten_llm.types import (
     Attempt,
@@ -90,8 +99,6 @@ log = logging.getLogger(__name__)
 RANK_EVENTS = frozenset({"adduser", "userlist", "setuserrank", "userleave"})
 INVISIBLE = frozenset({"server notice", "shadow-muted sender", "blank message"})
 """Lines that are not part of the room's visible conversation: not even remembered."""
-ANSWERED_OUTCOMES: frozenset[Outcome] = frozenset({"sent", "dry_run", "command", "command_refused"})
-"""Outcomes where the bot spoke (or would have): not counted as held back."""
 
 
 def usage_summary(result: LLMResult | None) -> str:
@@ -587,7 +594,7 @@ class Pipeline:
         message: str | None = None,
     ) -> None:
         """One JSONL record; `message` replaces the line's text (empty for an opted-out user)."""
-        if outcome not in ANSWERED_OUTCOMES:
+        if outcome not in REPLY_OUTCOMES:
             self.metrics.held_back(outcome)
         line, trigger = job.line, job.trigger
         self.response_log.write(

@@ -64,8 +64,9 @@ CLOSE_TIMEOUT_SECONDS = 10.0
 FILE_MODE = 0o666
 """Permissions for a new log file before the umask (as `open()` uses; the unit sets 0077)."""
 
-REPLY_OUTCOMES: frozenset[Outcome] = frozenset({"sent", "dry_run"})
-"""The outcomes that mean the bot answered (or, in dry run, would have)."""
+REPLY_OUTCOMES: frozenset[Outcome] = frozenset({"sent", "dry_run", "command", "command_refused"})
+"""The outcomes that mean the bot answered (or, in dry run, would have): a reply, or the
+answer to a chat command."""
 
 
 def utc_now_iso() -> str:

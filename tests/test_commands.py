@@ -113,7 +113,7 @@ def test_rank_gates_guests_users_and_moderators() -> None:
     assert outcome == "command_refused" and "guests cannot store memories" in text
     assert say(run, settings, "al", "!chat persona concise", USER)[1] == "command_refused"
     assert say(run, settings, "al", "!chat reset all", USER)[1] == "command_refused"
-    assert say(run, settings, "mod", "!chat persona concise", MOD)[2] == "persona concise"
+    assert say(run, settings, "mod", "!chat persona concise", MOD)[2] == "persona: concise"
     assert run.active_persona(settings.channels[0]) == "concise"
     # configurable: anyone may switch here
     run2, settings2 = runner(commands={"persona_min_rank": 0, "remember_min_rank": 0})
@@ -135,7 +135,7 @@ def test_remember_recall_forget_round_trip_with_authors_and_moderators() -> None
     text, outcome, reason = say(
         run, settings, "Alice", "!chat remember (5) preference: Bob loves popcorn", USER
     )
-    ident = reason.removeprefix("remember ")
+    ident = reason.removeprefix("remember: ")
     assert outcome == "command" and text == f"Alice: remembered as {ident}."
     note = run.keeper.note(settings.channels[0].key, ident)
     assert note is not None and note.category == "preference" and note.importance == 3  # capped
@@ -143,7 +143,7 @@ def test_remember_recall_forget_round_trip_with_authors_and_moderators() -> None
     assert recalled == f"Carol: {ident} “Bob loves popcorn”"
     assert say(run, settings, "Carol", f"!chat forget {ident}", USER)[2] == "forget: not the author"
     assert (
-        say(run, settings, "Alice", f"!chat forget {ident.upper()}", USER)[2] == f"forget {ident}"
+        say(run, settings, "Alice", f"!chat forget {ident.upper()}", USER)[2] == f"forget: {ident}"
     )
     assert (
         say(run, settings, "Carol", "!chat recall popcorn", USER)[0]
@@ -177,7 +177,7 @@ def test_opt_out_opt_in_and_forget_me() -> None:
     assert say(run, settings, "Eve", "!chat optin", USER)[2] == "optin"
     assert say(run, settings, "Eve", "!chat optin", USER)[2] == "optin: was not opted out"
     text, _, reason = say(run, settings, "Eve", "!chat forget me", USER)
-    assert reason == "forget me" and "1 memories you wrote" in text
+    assert reason == "forget: me" and "1 memories you wrote" in text
     assert run.keeper.book(room).by_author("eve") == []
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kryten_llm.config import Settings
+from kryten_llm.config import ALL_COMMANDS, Settings
 from kryten_llm.tools._config_docs import render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,3 +38,10 @@ def test_readme_names_the_commands_it_promises() -> None:
         "kryten-llm replay",
     ):
         assert command in readme, command
+
+
+def test_readme_lists_every_chat_command() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ALL_COMMANDS:
+        shown = "!chat <question>" if name == "ask" else f"!chat {name}"
+        assert f"| `{shown}" in readme, name
