@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kryten_llm.config import ChannelSettings, Settings
+from kryten_llm.config import DEFAULT_PERSONA, ChannelSettings, Settings
 from kryten_llm.decide.budget import UsageTracker
 from kryten_llm.decide.commands import (
     FORGET_ME,
@@ -87,13 +87,14 @@ class CommandRunner:
     def reconfigure(self, settings: Settings) -> None:
         self.settings = settings
         self.ranks = Ranks.of(settings.commands, settings.rate_limits.admin_min_rank)
+        self.personas = settings.persona_table()
 
     def active_persona(self, channel: ChannelSettings) -> str:
         """The room's persona: the one switched to, if still configured, else its default."""
         chosen = self.keeper.persona_of(channel.key)
-        if chosen is not None and chosen in self.settings.persona_table():
+        if chosen is not None and chosen in self.personas:
             return chosen
-        return self.settings.default_persona(channel)
+        return channel.persona or DEFAULT_PERSONA
 
     def refusal(self, command: Command, rank: float) -> str | None:
         return refusal(command, rank, self.settings.commands, self.ranks)
@@ -148,7 +149,7 @@ class CommandRunner:
     def _persona(
         self, command: Command, line: ChatLine, channel: ChannelSettings, rank: float
     ) -> Result:
-        table = self.settings.persona_table()
+        table = self.personas
         active = self.active_persona(channel)
         wanted = command.arg.strip().casefold()
         names = ", ".join(f"{name}*" if name == active else name for name in table)

@@ -15,6 +15,7 @@ Parsing splits on whitespace once and compares short words: linear in the line.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -87,19 +88,19 @@ class CommandParser:
     def __init__(self, settings: CommandSettings) -> None:
         self.settings = settings
         self.prefix = settings.prefix.casefold()
+        # Anchored, with no repetition but the leading spaces: checked for every chat line,
+        # so it must not copy the line (a strip would) or look past the prefix.
+        self._start = re.compile(r"\s*" + re.escape(settings.prefix) + r"(?:\s|$)", re.IGNORECASE)
 
     def is_ours(self, text: str) -> bool:
         """The line starts with our prefix as a word (`!chat`, `!CHAT hi`; not `!chatter`)."""
-        head = text.lstrip()[: len(self.prefix) + 1]
-        if head[: len(self.prefix)].casefold() != self.prefix:
-            return False
-        return len(head) == len(self.prefix) or head[-1].isspace()
+        return self._start.match(text) is not None
 
     def parse(self, text: str) -> Command | None:
         """The command in a chat line, or None when the line is not one of ours."""
         if not self.is_ours(text):
             return None
-        rest = text.lstrip()[len(self.prefix) :].split()
+        rest = text.lstrip()[len(self.settings.prefix) :].split()
         if not rest:
             return Command("help")
         first = rest[0].casefold().rstrip(":,")

@@ -102,17 +102,16 @@ class Keeper:
             self._persona_bucket = store.bucket(PERSONAS_PURPOSE, str)
             self._privacy = store.bucket(PRIVACY_PURPOSE, OptOut)
             self._history = store.bucket(HISTORY_PURPOSE, list[Pair])
+        self._history_on = self.writer is not None and settings.memory.persist_history
+        """History is written behind (there is a store, and the settings want it)."""
 
     def reconfigure(self, settings: Settings) -> None:
         """New bounds apply now: rooms over the memory bound give up their least valued."""
         self.settings = settings
+        self._history_on = self.writer is not None and settings.memory.persist_history
         for room, book in self._books.items():
             for note in book.evict_over(settings.memory.max_per_channel):
                 self._delete_note(room, note.id)
-
-    @property
-    def _history_on(self) -> bool:
-        return self.writer is not None and self.settings.memory.persist_history
 
     # --- start and stop ---------------------------------------------------------------------
 
@@ -305,9 +304,9 @@ class Keeper:
         """The memories to put into a prompt answering `text`: the best matches within the
         configured count and characters, none written by an opted-out user."""
         memory = self.settings.memory
-        if memory.prompt_max == 0:
+        book = self._books.get(room)
+        if book is None or not len(book) or memory.prompt_max == 0:
             return []
-        book = self.book(room)
         found = book.search(text, len(book), at, self._opted_out.get(room, ()))
         chosen: list[Note] = []
         room_left = memory.prompt_chars
