@@ -88,12 +88,16 @@ class CommandParser:
     def __init__(self, settings: CommandSettings) -> None:
         self.settings = settings
         self.prefix = settings.prefix.casefold()
+        self._first = self.prefix[:1]
         # Anchored, with no repetition but the leading spaces: checked for every chat line,
         # so it must not copy the line (a strip would) or look past the prefix.
         self._start = re.compile(r"\s*" + re.escape(settings.prefix) + r"(?:\s|$)", re.IGNORECASE)
 
     def is_ours(self, text: str) -> bool:
         """The line starts with our prefix as a word (`!chat`, `!CHAT hi`; not `!chatter`)."""
+        first = text[:1]
+        if first != self._first and first.casefold() != self._first and not first.isspace():
+            return False  # nearly every chat line: decided on one character
         return self._start.match(text) is not None
 
     def parse(self, text: str) -> Command | None:
