@@ -375,16 +375,18 @@ class Pipeline:
         reason = "the sender opted out"
         if command is not None and command.name == "forget" and command.arg.strip() == "me":
             answer = self.commands.run(command, line, channel, rank)
-            reason += f"; {answer.reason} done, not answered"
+            done = "done" if answer.outcome == "command" else "refused"
+            reason += f"; {answer.reason} {done}, not answered"
         record = CommandJob(
             line,
-            command or Command("ask", trigger.message if trigger else ""),
+            command or Command("ask"),
             Answer("", "command", ""),
             channel,
             line.correlation_id or str(uuid.uuid4()),
             rank,
         )
-        self._log(record, "opted_out", reason, message="")
+        shown = trigger if command is None or command.name == "ask" else None
+        self._log(record, "opted_out", reason, message="", trigger=shown)
         return None
 
     def _decide_command(
@@ -592,11 +594,13 @@ class Pipeline:
         parts: tuple[str, ...] = (),
         cost_usd: float | None = None,
         message: str | None = None,
+        trigger: Trigger | None = None,
     ) -> None:
-        """One JSONL record; `message` replaces the line's text (empty for an opted-out user)."""
+        """One JSONL record; `message` replaces the line's text (empty for an opted-out user),
+        `trigger` the job's (a mention by an opted-out user is filed as the mention)."""
         if outcome not in REPLY_OUTCOMES:
             self.metrics.held_back(outcome)
-        line, trigger = job.line, job.trigger
+        line, trigger = job.line, trigger or job.trigger
         self.response_log.write(
             ResponseRecord(
                 channel=line.channel,

@@ -176,7 +176,8 @@ async def test_every_command_end_to_end_with_ranks_from_the_userlist_kv(
     assert records["!chat what is popcorn made of?"]["outcome"] == "sent"
     assert records["!chat recal popcorn"]["outcome"] == "command"
     assert records[""]["outcome"] == "opted_out"  # Eve's words are not kept, even here
-    assert sum(r["outcome"] == "opted_out" for r in read_records(settings)) == 2
+    opted_out = [r for r in read_records(settings) if r["outcome"] == "opted_out"]
+    assert sorted(r["trigger_type"] for r in opted_out) == ["command", "mention"]
     assert all(
         r["username"] != "Eve" or "are you there" not in r["message"]
         for r in read_records(settings)
