@@ -25,7 +25,7 @@ import stat
 import unicodedata
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -74,6 +74,8 @@ EVENT_ENVELOPE_BYTES = 4096
 """Room for the rest of a chatMsg event (envelope, username, meta) next to its text."""
 NATS_PAYLOAD_BYTES_MAX = 64 * 2**20
 """NATS refuses to configure `max_payload` above 64 MiB, so no event can be larger."""
+MEMORY_RECORD_OVERHEAD_BYTES = 1024
+"""A stored memory's fields besides its text (id, author, room, times), generously."""
 
 
 class Section(BaseModel):
@@ -112,6 +114,9 @@ class ChannelSettings(Section):
     """Channel name, as the bridge is configured."""
     username: Annotated[str, Field(min_length=1)] = "CynthiaRothbot"
     """The bot's CyTube account: its own lines are never answered."""
+    persona: str | None = None
+    """This channel's default persona (a name in `personas`); unset uses `default`, the
+    personality. `!chat persona <name>` switches it at run time, and that choice is kept."""
 
     @field_validator("domain", "channel", "username")
     @classmethod
@@ -157,6 +162,61 @@ class PersonalitySettings(Section):
         if value is not None and not value.is_file():
             raise ValueError(f"system prompt file not found or not a file: {value}")
         return value
+
+
+PERSONA_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+"""Persona names: lower case, so `!chat persona Concise` finds `concise`; short enough for chat."""
+DEFAULT_PERSONA = "default"
+
+
+class PersonaSettings(Section):
+    """A persona: how the bot sounds in a channel that picks it. It changes the system prompt
+    only (the output guard, limits and formatting never depend on it); empty fields keep the
+    personality's, and the bot's name and expertise are always the personality's."""
+
+    description: str = ""
+    """Who the character is in this persona; empty keeps `personality.character_description`."""
+    traits: list[str] = Field(default_factory=list)
+    """Personality traits; empty keeps `personality.personality_traits`."""
+    style: str = ""
+    """How replies should sound; empty keeps `personality.response_style`."""
+    system_prompt_file: Path | None = None
+    """A text file used verbatim as this persona's system prompt."""
+
+    @field_validator("system_prompt_file")
+    @classmethod
+    def _persona_file_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"system prompt file not found or not a file: {value}")
+        return value
+
+    def apply(self, personality: PersonalitySettings) -> PersonalitySettings:
+        """The personality as this persona speaks: its fields where set, the rest kept."""
+        update: dict[str, Any] = {}
+        if self.description:
+            update["character_description"] = self.description
+        if self.traits:
+            update["personality_traits"] = list(self.traits)
+        if self.style:
+            update["response_style"] = self.style
+        if self.system_prompt_file is not None:
+            update["system_prompt_file"] = self.system_prompt_file
+        return personality.model_copy(update=update)
+
+
+BUILTIN_PERSONAS: dict[str, PersonaSettings] = {
+    DEFAULT_PERSONA: PersonaSettings(),
+    "concise": PersonaSettings(style="as brief as possible: one short sentence, no filler"),
+    "technical": PersonaSettings(
+        traits=["precise", "knowledgeable", "matter-of-fact"],
+        style="accurate and specific, naming things exactly; still short enough for chat",
+    ),
+    "creative": PersonaSettings(
+        traits=["imaginative", "playful", "vivid"],
+        style="inventive and colourful, with an unexpected twist; one or two sentences",
+    ),
+}
+"""Always there (the chat plugin's users know them); `default` is the personality itself."""
 
 
 ProviderType = Literal["openai_compatible", "openrouter", "ollama", "anthropic", "gemini"]
@@ -693,6 +753,10 @@ class ContextSettings(Section):
     """Show the model recent chat."""
     max_prompt_chars: Annotated[int, Field(ge=500, le=200_000)] = 6000
     """Prompt budget; the oldest history is cut first, never the message or system prompt."""
+    conversation_exchanges: Annotated[int, Field(ge=0, le=50)] = 5
+    """Exchanges (question and answer) with each user remembered and shown as earlier turns."""
+    conversations_per_channel: Annotated[int, Field(ge=1, le=100_000)] = 500
+    """Users per channel whose exchanges are remembered (least recently active forgotten)."""
 
 
 class ListenerSettings(Section):
@@ -818,6 +882,60 @@ class StateSettings(Section):
     """Keys kept per bucket while in memory (least recently used dropped first)."""
 
 
+CommandName = Literal[
+    "ask", "help", "reset", "persona", "remember", "recall", "forget", "optout", "optin"
+]
+ALL_COMMANDS: tuple[CommandName, ...] = get_args(CommandName)
+
+
+class CommandSettings(Section):
+    """Chat commands: `!chat help`, `!chat remember ...` (see the README for the list).
+
+    Answers go through the same formatter, output guard, pacing and rate limits as replies and
+    are recorded in the response log. Ranks are CyTube's, from the bridge (2 = moderator);
+    "moderators" are users at or above `rate_limits.admin_min_rank`. An unknown or disabled
+    command gets a short hint, never an LLM call.
+    """
+
+    prefix: Annotated[str, Field(pattern=r"^\S{2,16}$")] = "!chat"
+    """What starts a command (case-insensitive, then a space or the end of the line)."""
+    enabled: list[CommandName] = Field(default_factory=lambda: list(ALL_COMMANDS))
+    """Commands that work; `ask` is `!chat <question>`, answered like a mention."""
+    persona_min_rank: Annotated[float | None, Field(ge=0)] = Field(
+        None,
+        description="Rank needed to switch the channel's persona; unset: moderators "
+        "(`rate_limits.admin_min_rank`). Anyone may list them.",
+    )
+    remember_min_rank: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="Rank needed to store a memory (1: any registered user; guests are 0)."
+    )
+
+
+class MemorySettings(Section):
+    """What the bot keeps across restarts, in the `state` section's JetStream KV buckets:
+    memories chat asked it to keep, conversation history, each channel's persona, opt-outs."""
+
+    max_per_channel: Annotated[int, Field(ge=1, le=5000)] = 200
+    """Memories kept per channel; past it, the least important, least recently used goes."""
+    max_chars: Annotated[int, Field(ge=20, le=2000)] = 300
+    """Longest memory, in characters (a longer one is refused with a hint)."""
+    recall_max: Annotated[int, Field(ge=1, le=10)] = 3
+    """Memories `!chat recall` answers with."""
+    prompt_max: Annotated[int, Field(ge=0, le=20)] = 3
+    """Memories matching the message put into a prompt (0: none)."""
+    prompt_chars: Annotated[int, Field(ge=0, le=20_000)] = 600
+    """Characters of the prompt those memories may take."""
+    persist_history: bool = True
+    """Keep chat history and conversations in KV, restored on start."""
+    history_flush_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        5.0,
+        description="How often changed history is written (off the reply path); a restart "
+        "loses at most this much, and none on a clean stop.",
+    )
+    write_queue_size: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
+    """State writes waiting for the writer (full: a write is dropped, logged, counted)."""
+
+
 def _default_providers() -> dict[str, ProviderSettings]:
     return {"local": ProviderSettings()}
 
@@ -862,6 +980,14 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    personas: dict[str, PersonaSettings] = Field(
+        default_factory=dict,
+        description="Named personas besides the built-in `default` (the personality), "
+        "`concise`, `technical` and `creative`; an entry named like a built-in replaces it "
+        "(`default` excepted).",
+    )
+    commands: CommandSettings = Field(default_factory=CommandSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
 
     @classmethod
     def settings_customise_sources(
@@ -904,7 +1030,37 @@ class Settings(BaseSettings):
         keys = [c.key for c in self.channels]
         if len(keys) != len(set(keys)):
             raise ValueError("cytube: the same channel is listed twice")
+        self._check_personas()
         return self
+
+    def _check_personas(self) -> None:
+        for name in self.personas:
+            if not re.fullmatch(PERSONA_NAME, name):
+                raise ValueError(f"personas: {name!r} is not a persona name (a-z, 0-9, _ and -)")
+        if DEFAULT_PERSONA in self.personas:
+            raise ValueError("personas: `default` is the personality; change `personality`")
+        table = self.persona_table()
+        for channel in self.channels:
+            if channel.persona is not None and channel.persona not in table:
+                raise ValueError(
+                    f"cytube: channel {channel.channel!r} names unknown persona "
+                    f"{channel.persona!r} (known: {', '.join(table)})"
+                )
+        # A memory is stored as one JSON value: the longest must fit (6 bytes per character
+        # at worst, for JSON escapes, plus its other fields).
+        needed = self.memory.max_chars * 6 + MEMORY_RECORD_OVERHEAD_BYTES
+        if needed > self.state.max_value_bytes:
+            raise ValueError(
+                f"memory: max_chars {self.memory.max_chars} does not fit state.max_value_bytes"
+            )
+
+    def persona_table(self) -> dict[str, PersonaSettings]:
+        """Every persona by name: the built-ins, replaced or joined by the configured ones."""
+        return {**BUILTIN_PERSONAS, **self.personas}
+
+    def default_persona(self, channel: ChannelSettings) -> str:
+        """The persona a channel speaks with until someone switches it."""
+        return channel.persona or DEFAULT_PERSONA
 
     @property
     def channels(self) -> list[ChannelSettings]:

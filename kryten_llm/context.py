@@ -23,9 +23,6 @@ from kryten_llm.types import ChannelKey, ChatLine, MediaChange
 
 log = logging.getLogger(__name__)
 
-CONVERSATION_EXCHANGES_MAX = 5
-CONVERSATIONS_PER_CHANNEL_MAX = 500
-
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
@@ -65,6 +62,9 @@ class ContextManager:
         self.settings = settings
         for ctx in self._channels.values():
             ctx.chat = deque(ctx.chat, maxlen=settings.chat_history_size)
+            for user, history in list(ctx.conversations.items()):
+                ctx.conversations[user] = deque(history, maxlen=settings.conversation_exchanges)
+            self._trim_conversations(ctx.conversations)
 
     def _channel(self, channel: ChannelKey) -> ChannelContext:
         ctx = self._channels.get(channel)
@@ -90,11 +90,77 @@ class ContextManager:
     ) -> None:
         conversations = self._channel(channel).conversations
         key = username.lower()
-        history = conversations.pop(key, None) or deque(maxlen=CONVERSATION_EXCHANGES_MAX)
+        history = conversations.pop(key, None)
+        if history is None:
+            history = deque(maxlen=self.settings.conversation_exchanges)
         history.append(Exchange(user_message, reply))
         conversations[key] = history
-        while len(conversations) > CONVERSATIONS_PER_CHANNEL_MAX:
+        self._trim_conversations(conversations)
+
+    def _trim_conversations(self, conversations: OrderedDict[str, deque[Exchange]]) -> None:
+        while len(conversations) > self.settings.conversations_per_channel:
             conversations.popitem(last=False)
+
+    # --- what durable history reads and restores, and what privacy commands forget ----------
+
+    def chat_of(self, channel: ChannelKey) -> list[tuple[str, str]]:
+        """The room's remembered chat, oldest first (a copy)."""
+        ctx = self._channels.get(channel)
+        return list(ctx.chat) if ctx is not None else []
+
+    def conversation_of(self, channel: ChannelKey, username: str) -> list[Exchange]:
+        """The remembered exchanges with one user, oldest first (a copy)."""
+        ctx = self._channels.get(channel)
+        if ctx is None:
+            return []
+        return list(ctx.conversations.get(username.lower(), ()))
+
+    def restore_chat(self, channel: ChannelKey, lines: list[tuple[str, str]]) -> None:
+        """Put remembered chat back (at start, from durable state), before anything new."""
+        ctx = self._channel(channel)
+        ctx.chat = deque([*lines, *ctx.chat], maxlen=self.settings.chat_history_size)
+
+    def restore_conversation(
+        self, channel: ChannelKey, username: str, exchanges: list[Exchange]
+    ) -> None:
+        """Put one user's remembered exchanges back (at start), within the configured bounds."""
+        if not exchanges:
+            return
+        conversations = self._channel(channel).conversations
+        key = username.lower()
+        fresh = conversations.pop(key, ())
+        conversations[key] = deque(
+            [*exchanges, *fresh], maxlen=self.settings.conversation_exchanges
+        )
+        self._trim_conversations(conversations)
+
+    def forget_conversation(self, channel: ChannelKey, username: str) -> bool:
+        """Forget the exchanges with one user (`!chat reset`); True if there were any."""
+        ctx = self._channels.get(channel)
+        return ctx is not None and ctx.conversations.pop(username.lower(), None) is not None
+
+    def forget_user(self, channel: ChannelKey, username: str) -> None:
+        """Forget a user entirely: their exchanges and every chat line they wrote."""
+        self.forget_conversation(channel, username)
+        ctx = self._channels.get(channel)
+        if ctx is None:
+            return
+        name = username.lower()
+        kept = [(user, text) for user, text in ctx.chat if user.lower() != name]
+        ctx.chat = deque(kept, maxlen=self.settings.chat_history_size)
+
+    def forget_room(self, channel: ChannelKey) -> list[str]:
+        """Forget the room's chat and every conversation (`!chat reset all`); the video stays.
+
+        Returns the users whose conversations were forgotten, for durable state to follow.
+        """
+        ctx = self._channels.get(channel)
+        if ctx is None:
+            return []
+        users = list(ctx.conversations)
+        ctx.chat.clear()
+        ctx.conversations.clear()
+        return users
 
     def snapshot(self, channel: ChannelKey, username: str) -> ContextSnapshot:
         """The context for a reply to `username`, taken before its message joins the history.

@@ -22,6 +22,15 @@ the first that holds gives the record its outcome:
 When none holds, each gate spends the turn in the same order (the limits, then the reply caps)
 and the line gets a `ReplyJob`.
 
+Chat commands (`!chat help`, `decide/commands.py`) are decided here too, in the same order
+and through the same gates (the budget excepted: no LLM is asked); `!chat <question>` is a
+mention. A command is carried out at once on the keeper's mirrors (`memory/`, whose KV
+writes follow behind) and its answer goes to the workers as a `CommandJob`; privacy commands
+take effect even when a gate holds their answer. A sender who opted out is checked against
+the keeper's mirror for every line: their lines are not remembered (so they never reach
+another user's prompt) and nothing of theirs is answered but `optin`; a triggered line of
+theirs is recorded as `opted_out` without its words.
+
 `reply()` is the slow part (the LLM) and runs in a worker, many at once; `responder.py`
 streams the answer into chat. Every triggered message ends in exactly one JSONL record,
 whatever became of it.
@@ -38,9 +47,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kryten_llm.config import ChannelSettings, Settings
+from kryten_llm.commands import Answer, CommandRunner, applies_when_held
+from kryten_llm.config import DEFAULT_PERSONA, ChannelSettings, Settings
 from kryten_llm.context import ContextManager, ContextSnapshot
 from kryten_llm.decide.budget import UsageTracker
+from kryten_llm.decide.commands import Command, CommandParser
 from kryten_llm.decide.filters import MessageFilter
 from kryten_llm.decide.gates import (
     BudgetGate,
@@ -61,6 +72,7 @@ from kryten_llm.decide.triggers import TriggerEngine
 from kryten_llm.events import MalformedEvent, MalformedEvents, parse_chat, parse_media
 from kryten_llm.llm.manager import LLMManager
 from kryten_llm.logsetup import correlation_id
+from kryten_llm.memory.keeper import Keeper
 from kryten_llm.ops.metrics import Metrics
 from kryten_llm.reply.formatter import ResponseFormatter
 from kryten_llm.reply.guard import OutputGuard
@@ -68,7 +80,14 @@ from kryten_llm.reply.prompts import PromptBuilder
 from kryten_llm.reply.responder import ReplyOutcome, Responder, Send
 from kryten_llm.reply.sender import Sender
 from kryten_llm.reply.validator import ReplyValidator
-from kryten_llm.response_log import ResponseLog, ResponseRecord, utc_iso, utc_now_iso
+from kryten_llm.response_log import (
+    REPLY_OUTCOMES,
+    ResponseLog,
+    ResponseRecord,
+    utc_iso,
+    utc_now_iso,
+)
+from kryten_llm.state import StateStore
 from kryten_llm.types import (
     Attempt,
     ChannelKey,
@@ -76,6 +95,7 @@ from kryten_llm.types import (
     LLMRequest,
     LLMResult,
     Outcome,
+    Remembered,
     Trigger,
     Turn,
 )
@@ -129,6 +149,35 @@ class ReplyJob:
     provider: str | None = None
     """The trigger's provider, or the cheaper one a spent budget switched to."""
     decided_monotonic: float = field(default_factory=time.monotonic)
+    persona: str = DEFAULT_PERSONA
+    """The room's persona when the line was heard: which system prompt to use."""
+    memories: tuple[Remembered, ...] = ()
+    """What chat asked the bot to remember that matches the line (quoted in the prompt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandJob:
+    """A chat command, already carried out at decision time: only its answer is left to send.
+
+    Sent by a worker like a reply (formatter, guard, pacing), so an answer never waits for,
+    or delays, the event loop; the effect is in the keeper's mirrors already.
+    """
+
+    line: ChatLine
+    command: Command
+    answer: Answer
+    channel: ChannelSettings
+    correlation_id: str
+    rank: float = 0.0
+    decided_monotonic: float = field(default_factory=time.monotonic)
+
+    @property
+    def trigger(self) -> Trigger:
+        return Trigger(kind="command", name=self.command.name, message=self.command.arg)
+
+
+Job = ReplyJob | CommandJob
+"""What the dispatcher hands to a worker."""
 
 
 class Pipeline:
@@ -146,6 +195,7 @@ class Pipeline:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.llm = llm
         self.sender = sender
@@ -160,6 +210,9 @@ class Pipeline:
         self.malformed = MalformedEvents()
         self.filter = MessageFilter(settings.bot_names(), settings.listener.ignored_users, start_ms)
         self.context = ContextManager(settings.context)
+        self.keeper = Keeper(settings, self.context, store)
+        """Memories, personas, opt-outs and history (durable when `store` is given)."""
+        self.commands = CommandRunner(settings, self.keeper, self.usage)
         self.limiter = RateLimiter(settings.rate_limits, clock=clock)
         self.spam = SpamGuard(settings.spam, settings.rate_limits.admin_min_rank, clock=clock)
         self.fallbacks = OncePerCooldown(settings.validation.fallback_cooldown_seconds, clock)
@@ -182,6 +235,11 @@ class Pipeline:
         """
         triggers = TriggerEngine(self._bot_names(settings), settings.triggers, self.rng)
         prompts = PromptBuilder(settings.personality, settings.context)
+        personas = {
+            name: PromptBuilder(persona.apply(settings.personality), settings.context)
+            for name, persona in settings.persona_table().items()
+        }
+        parser = CommandParser(settings.commands)
         formatter = ResponseFormatter(settings.message_processing, settings.personality)
         guard = OutputGuard(settings.message_processing, settings.safety)
         previous: Settings | None = getattr(self, "settings", None)
@@ -199,7 +257,11 @@ class Pipeline:
         )
         self.settings = settings
         self.triggers, self.prompts, self.validator = triggers, prompts, validator
-        self.filter.reconfigure(settings.bot_names(), settings.listener.ignored_users)
+        self.personas, self.parser = personas, parser
+        self.formatter, self.guard = formatter, guard
+        self.filter.reconfigure(settings.bot_names(), settings.listener.ignored_users, parser)
+        self.keeper.reconfigure(settings)
+        self.commands.reconfigure(settings)
         self.context.reconfigure(settings.context)
         self.limiter.reconfigure(settings.rate_limits)
         self.spam.reconfigure(settings.spam, settings.rate_limits.admin_min_rank)
@@ -220,7 +282,7 @@ class Pipeline:
 
     def decide(
         self, event_name: str, envelope: dict[str, Any], received_monotonic: float | None = None
-    ) -> ReplyJob | None:
+    ) -> Job | None:
         """Update memory from one event and return a job if the bot should answer it.
 
         `received_monotonic` is when NATS delivered the event (the listener's stamp), so the
@@ -248,7 +310,7 @@ class Pipeline:
             self.malformed.note(f"{event_name} event on {envelope['channel']}", str(exc))
         return None
 
-    def _decide_chat(self, line: ChatLine, channel: ChannelSettings) -> ReplyJob | None:
+    def _decide_chat(self, line: ChatLine, channel: ChannelSettings) -> Job | None:
         if isinstance(self.clock, EventClock):
             self.clock.advance(line)
         self.metrics.message_seen()
@@ -257,10 +319,14 @@ class Pipeline:
             return None
         if reason is None and self.spam.is_other_bot(line.username):
             reason = "another bot"
-        trigger = self.triggers.evaluate(line.text) if reason is None else None
+        command = self.parser.parse(line.text) if reason is None else None
+        trigger = self._trigger_of(line, command) if reason is None else None
         # The room as it was before this line, copied only for the lines that may be answered.
         snapshot = self.context.snapshot(line.key, line.username) if trigger else None
-        self.context.add_chat(line)
+        opted_out = self.keeper.is_opted_out(line.key, line.username)
+        if not opted_out:  # never remembered, so never in another user's prompt
+            self.context.add_chat(line)
+            self.keeper.heard(line.key)
         self.spam.note_chat_line(line.key, line.username, is_bot=self.filter.is_own(line))
         if reason is not None:
             log.debug("not answering %s in %s: %s", line.username, line.channel, reason)
@@ -268,6 +334,11 @@ class Pipeline:
         rank = self.ranks.rank_of(line.key, line.username)
         is_mention = trigger is not None and trigger.kind == "mention"
         verdict = self.spam.observe(line.key, line.username, rank, line.text, is_mention)
+        spam = verdict.reason if verdict.is_spam else ""
+        if opted_out:
+            return self._opted_out(line, channel, rank, command, trigger, spam)
+        if command is not None and command.name != "ask":
+            return self._decide_command(line, channel, rank, command, spam)
         if trigger is None or snapshot is None:
             log.debug("no trigger in the line from %s in %s", line.username, line.channel)
             return None
@@ -282,9 +353,93 @@ class Pipeline:
             cid,
             rank,
             trigger.provider,
+            persona=self.commands.active_persona(channel),
         )
-        turn = self._turn(line, trigger, rank, verdict.reason if verdict.is_spam else "")
-        return self._through_gates(turn, job)
+        turn = self._turn(line, trigger, rank, spam)
+        answering = self._through_gates(turn, job)
+        if answering is None:
+            return None
+        # Chosen only for a line that will be answered: choosing counts as a use.
+        found = self.keeper.relevant(line.key, trigger.message, line.time_ms / 1000.0)
+        memories = tuple(Remembered(n.id, n.user, n.content) for n in found)
+        return dataclasses.replace(answering, memories=memories) if memories else answering
+
+    def _trigger_of(self, line: ChatLine, command: Command | None) -> Trigger | None:
+        """A mention or trigger word; `!chat <question>` is a mention, other commands none."""
+        if command is None:
+            return self.triggers.evaluate(line.text)
+        if command.name == "ask":
+            return Trigger(kind="mention", name=self.settings.commands.prefix, message=command.arg)
+        return None
+
+    def _opted_out(
+        self,
+        line: ChatLine,
+        channel: ChannelSettings,
+        rank: float,
+        command: Command | None,
+        trigger: Trigger | None,
+        spam: str,
+    ) -> Job | None:
+        """An opted-out sender: only `optin` is answered; `forget me` is done, silently."""
+        if command is not None and command.name == "optin":
+            return self._decide_command(line, channel, rank, command, spam)
+        if command is None and trigger is None:
+            return None
+        reason = "the sender opted out"
+        if command is not None and command.name == "forget" and command.arg.strip() == "me":
+            answer = self.commands.run(command, line, channel, rank)
+            done = "done" if answer.outcome == "command" else "refused"
+            reason += f"; {answer.reason} {done}, not answered"
+        record = CommandJob(
+            line,
+            command or Command("ask"),
+            Answer("", "command", ""),
+            channel,
+            line.correlation_id or str(uuid.uuid4()),
+            rank,
+        )
+        shown = trigger if command is None or command.name == "ask" else None
+        self._log(record, "opted_out", reason, message="", trigger=shown)
+        return None
+
+    def _decide_command(
+        self, line: ChatLine, channel: ChannelSettings, rank: float, command: Command, spam: str
+    ) -> CommandJob | None:
+        """Through the same gates as a reply (the budget excepted: no LLM is asked)."""
+        self.metrics.triggered("command")
+        cid = line.correlation_id or str(uuid.uuid4())
+        correlation_id.set(cid)  # for the log lines below; the dispatcher resets it
+        turn = Turn(line, Trigger("command", command.name, command.arg), rank, spam=spam)
+        said = consult(self.gates, turn)
+        if isinstance(said, Hold):
+            reason = said.reason
+            if applies_when_held(command) and self.commands.refusal(command, rank) is None:
+                done = self.commands.run(command, line, channel, rank)
+                reason += f"; {done.reason} done anyway, not answered"
+            log.info(
+                "holding back %s %s from %s in %s: %s (%s)",
+                self.settings.commands.prefix,
+                command.name,
+                line.username,
+                line.channel,
+                said.outcome,
+                reason,
+            )
+            held = CommandJob(line, command, Answer("", "command", ""), channel, cid, rank)
+            self._log(held, said.outcome, reason)
+            return None
+        spend(self.gates, turn)
+        answer = self.commands.run(command, line, channel, rank)
+        log.info(
+            "%s %s from %s in %s: %s",
+            self.settings.commands.prefix,
+            command.name,
+            line.username,
+            line.channel,
+            answer.reason,
+        )
+        return CommandJob(line, command, answer, channel, cid, rank)
 
     def _through_gates(self, turn: Turn, job: ReplyJob) -> ReplyJob | None:
         """Consult the gates in order; record a hold, or spend the turn and answer."""
@@ -330,9 +485,15 @@ class Pipeline:
 
     # --- reply (asynchronous, concurrent) ----------------------------------------------
 
-    async def reply(self, job: ReplyJob) -> list[str]:
-        """Ask the LLM, stream the answer into chat through the checks; return what was sent."""
-        request = self.prompts.build(job.line.username, job.trigger, job.snapshot)
+    async def reply(self, job: Job) -> list[str]:
+        """Ask the LLM, stream the answer into chat through the checks; return what was sent.
+
+        A command's answer needs no LLM: it only goes through the formatter and the guard.
+        """
+        if isinstance(job, CommandJob):
+            return await self._answer(job)
+        prompts = self.personas.get(job.persona, self.prompts)
+        request = prompts.build(job.line.username, job.trigger, job.snapshot, job.memories)
         line = job.line
         first_sent: list[float] = []
 
@@ -447,16 +608,45 @@ class Pipeline:
         self.spam.note_extra_bot_lines(job.line.key, len(sent) - 1)
         if self.dry_run:  # live lines come back from the bridge as chatMsg
             self.context.add_bot_line(job.line.key, job.channel.username, reply_text)
+            self.keeper.heard(job.line.key)
         if not exchange:
             return
         self.validator.remember(job.line.key, reply_text)
-        self.context.add_exchange(job.line.key, job.line.username, job.trigger.message, reply_text)
+        if not self.keeper.is_opted_out(job.line.key, job.line.username):
+            room, user = job.line.key, job.line.username
+            self.context.add_exchange(room, user, job.trigger.message, reply_text)
+            self.keeper.talked(room, user)
+
+    async def _answer(self, job: CommandJob) -> list[str]:
+        """A command's answer into chat: formatted and guarded like a reply, then recorded."""
+        line = job.line
+        processing = self.settings.message_processing
+        parts = self.formatter.format(job.answer.text)
+        guarded = self.guard.check(parts[: processing.max_parts])
+        for decision in guarded.decisions:
+            log.info("guard %s: %s", decision.action, decision.reason)
+        sent: list[str] = []
+        if not guarded.blocked and guarded.parts:
+            sent = await self.sender.send(line, guarded.parts, job.correlation_id)
+        if not sent:
+            reasons = "; ".join(d.reason for d in guarded.decisions) or "nothing safe to send"
+            log.warning("no answer to %s in %s: %s", line.username, line.channel, reasons)
+            self._log(job, "guard_blocked", f"{job.answer.reason}: {reasons}")
+            return sent
+        if not self.dry_run:
+            self.metrics.sent(len(sent))
+        self.spam.note_extra_bot_lines(line.key, len(sent) - 1)
+        if self.dry_run:  # live lines come back from the bridge as chatMsg
+            self.context.add_bot_line(line.key, job.channel.username, " ".join(sent))
+            self.keeper.heard(line.key)
+        self._log(job, job.answer.outcome, job.answer.reason, parts=tuple(sent))
+        return sent
 
     # --- the record ------------------------------------------------------------------------
 
     def _log(
         self,
-        job: ReplyJob,
+        job: Job,
         outcome: Outcome,
         reason: str = "",
         result: LLMResult | None = None,
@@ -464,16 +654,20 @@ class Pipeline:
         attempts: tuple[Attempt, ...] | None = None,
         parts: tuple[str, ...] = (),
         cost_usd: float | None = None,
+        message: str | None = None,
+        trigger: Trigger | None = None,
     ) -> None:
-        if outcome not in ("sent", "dry_run"):
+        """One JSONL record; `message` replaces the line's text (empty for an opted-out user),
+        `trigger` the job's (a mention by an opted-out user is filed as the mention)."""
+        if outcome not in REPLY_OUTCOMES:
             self.metrics.held_back(outcome)
-        line, trigger = job.line, job.trigger
+        line, trigger = job.line, trigger or job.trigger
         self.response_log.write(
             ResponseRecord(
                 channel=line.channel,
                 domain=line.domain,
                 username=line.username,
-                message=line.text,
+                message=line.text if message is None else message,
                 outcome=outcome,
                 reason=reason,
                 trigger_type=trigger.kind,
@@ -499,10 +693,10 @@ class Pipeline:
         log reads against its transcript; else the wall clock."""
         return self.clock.iso() if isinstance(self.clock, EventClock) else utc_now_iso()
 
-    def log_dropped(self, job: ReplyJob) -> None:
+    def log_dropped(self, job: Job) -> None:
         """The reply queue was full: the job is dropped, but never unrecorded."""
         self._log(job, "dropped", "reply queue full")
 
-    def log_cancelled(self, job: ReplyJob, reason: str) -> None:
+    def log_cancelled(self, job: Job, reason: str) -> None:
         """Shutdown cut the job short (in flight or still queued): recorded all the same."""
         self._log(job, "cancelled", reason)

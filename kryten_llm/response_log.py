@@ -65,8 +65,9 @@ CLOSE_TIMEOUT_SECONDS = 10.0
 FILE_MODE = 0o666
 """Permissions for a new log file before the umask (as `open()` uses; the unit sets 0077)."""
 
-REPLY_OUTCOMES: frozenset[Outcome] = frozenset({"sent", "dry_run"})
-"""The outcomes that mean the bot answered (or, in dry run, would have)."""
+REPLY_OUTCOMES: frozenset[Outcome] = frozenset({"sent", "dry_run", "command", "command_refused"})
+"""The outcomes that mean the bot answered (or, in dry run, would have): a reply, or the
+answer to a chat command."""
 CAUSE_CHARS = 48
 """A cause is a short name; anything longer is cut (reasons in a log are untrusted text)."""
 _CAUSE_END = re.compile(r":|;|\s\(|['\"`]")

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-TriggerKind = Literal["mention", "trigger_word"]
+TriggerKind = Literal["mention", "trigger_word", "command"]
+"""`command`: a chat command (`!chat help`), answered without the LLM (`decide/commands.py`)."""
 
 HoldOutcome = Literal["spam", "paused", "rate_limited", "loop_protection", "budget"]
 """Why a triggered line was held back before the LLM was asked (one per gate, see pipeline)."""
@@ -23,6 +24,9 @@ Outcome = Literal[
     "invalid",
     "guard_blocked",
     "cancelled",
+    "command",
+    "command_refused",
+    "opted_out",
 ]
 """What became of a triggered line: the JSONL record's `outcome`, and nothing else.
 
@@ -31,7 +35,10 @@ Outcome = Literal[
 provider failed, and the direct mention got the configured fallback line instead of silence
 (`dry_run` in the record says whether it was posted). `invalid`: the validator refused the
 reply (and any regeneration). `guard_blocked`: the output guard refused it. `cancelled`:
-shutdown cut the reply off.
+shutdown cut the reply off. `command`: a chat command was carried out and answered (`reason`
+names it); `command_refused`: the sender may not use it (disabled, rank), told so.
+`opted_out`: the sender opted out, so nothing is answered and their words are not kept (the
+record's `message` is left empty).
 """
 
 
@@ -147,6 +154,15 @@ class Turn:
     @property
     def username(self) -> str:
         return self.line.username
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """A memory chat asked the bot to keep, as the prompt shows it: untrusted text, quoted."""
+
+    id: str
+    author: str
+    content: str
 
 
 @dataclass(frozen=True, slots=True)

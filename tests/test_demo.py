@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,10 @@ def test_demo_answers_with_the_offline_stand_in_and_says_so() -> None:
     out = result.stdout
     assert "offline stand-in" in out and "markovify" in out
     assert "<Bob> CynthiaRothbot, what do you think" in out
+    remembered = re.search(r"<CynthiaRothbot> Alice: remembered as ([0-9a-f]{8})\.", out)
+    assert remembered is not None, out
+    recalled = f"<CynthiaRothbot> Carol: {remembered.group(1)} “Alice brought the extra-butter"
+    assert recalled in out, out
     bot_lines = [line for line in out.splitlines() if line.strip().startswith("<CynthiaRothbot>")]
     assert len(bot_lines) >= 2, out
     assert all(len(line.split("> ", 1)[1]) > 0 for line in bot_lines)

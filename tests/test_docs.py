@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kryten_llm.config import Settings
+from kryten_llm.config import ALL_COMMANDS, Settings
 from kryten_llm.tools._config_docs import render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_every_file_the_docs_name_exists() -> None:
     import re
 
     named = re.compile(r"`((?:tests|kryten_llm|benchmarks|docs)/[\w/.-]+\.(?:py|md))`")
-    in_package = re.compile(r"`((?:daemon|decide|reply|llm|ops|tools|state)/[\w/.-]+\.py)`")
+    in_package = re.compile(r"`((?:daemon|decide|reply|llm|ops|tools|state|memory)/[\w/.-]+\.py)`")
     missing = []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         text = doc.read_text(encoding="utf-8")
@@ -53,3 +53,10 @@ def test_every_file_the_docs_name_exists() -> None:
         paths += [ROOT / "kryten_llm" / p for p in in_package.findall(text)]
         missing += [f"{doc.name}: {p.relative_to(ROOT)}" for p in paths if not p.exists()]
     assert missing == []
+
+
+def test_readme_lists_every_chat_command() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ALL_COMMANDS:
+        shown = "!chat <question>" if name == "ask" else f"!chat {name}"
+        assert f"| `{shown}" in readme, name

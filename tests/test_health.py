@@ -36,6 +36,9 @@ class StaticStatus:
     log_status: dict[str, Any] = field(
         default_factory=lambda: {"written": 0, "dropped": 0, "lost": 0, "error": None}
     )
+    state: dict[str, Any] = field(
+        default_factory=lambda: {"enabled": True, "available": True, "reason": ""}
+    )
 
     def nats_connected(self) -> bool:
         return self.connected
@@ -60,6 +63,9 @@ class StaticStatus:
 
     def response_log_status(self) -> Mapping[str, Any]:
         return self.log_status
+
+    def state_status(self) -> Mapping[str, Any]:
+        return self.state
 
 
 class ManagerStatus(StaticStatus):
@@ -166,6 +172,19 @@ def test_a_response_log_that_cannot_write_is_degraded_and_its_losses_are_listed(
     report = assess(status)
     assert report.status == "healthy"
     assert report.to_dict()["components"]["response_log"]["lost"] == 3
+
+
+def test_durable_state_wanted_but_unavailable_is_degraded_with_the_reason() -> None:
+    reason = "JetStream is not enabled on the NATS server (nothing answers its API)"
+    status = StaticStatus(state={"enabled": True, "available": False, "reason": reason})
+    report = assess(status)
+    assert report.status == "degraded"
+    assert report.reasons == [f"state: durable state off, memory only until it is back: {reason}"]
+    status.state = {"enabled": False, "available": False, "reason": "disabled"}
+    assert assess(status).status == "healthy"  # memory only by choice is not a fault
+    status.state = {"enabled": True, "available": True, "reason": "", "dropped_writes": 2}
+    component = assess(status).to_dict()["components"]["state"]
+    assert component["status"] == "ok" and component["dropped_writes"] == 2
 
 
 def test_raising_getters_degrade_without_leaking_text(caplog: pytest.LogCaptureFixture) -> None:

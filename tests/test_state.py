@@ -623,3 +623,24 @@ async def test_close_cancels_the_retry_task() -> None:
             task = store._retry_task
             assert task is not None and not task.done()
         assert task.done() and store._retry_task is None
+
+
+async def test_listings_find_every_key_even_with_the_loop_busy(nats_server: NatsServer) -> None:
+    """A listing must not end before its keys arrive: nats-py's own watch marks the end when
+    the consumer has nothing pending and its callback has seen nothing yet, which is also
+    the case while the keys are on their way; with the loop busy that came back empty."""
+    async with store_on(nats_server.url, fast(new_prefix(), operation_timeout_seconds=10)) as store:
+        users = store.bucket("listing", int)
+        await store.start()
+        names = [f"user{index}" for index in range(8)]
+        for index, name in enumerate(names):
+            await users.put(StateKey.for_user(ROOM, name), index)
+        await users.delete(StateKey.for_user(ROOM, names[0]))
+        expected = {StateKey.for_user(ROOM, name) for name in names[1:]}
+        for _ in range(300):  # one at a time: each a fresh consumer racing its own keys
+            found = await users.keys(StateKey.users_in(ROOM))
+            assert len(found) == len(expected) and set(found) == expected
+        listings = await asyncio.gather(*(users.keys(StateKey.users_in(ROOM)) for _ in range(40)))
+        assert all(set(found) == expected for found in listings)
+        assert await users.keys(StateKey.users_in(ChannelKey("cytu.be", "empty"))) == []
+        assert store.status.available

@@ -15,17 +15,17 @@ from kryten_llm._throttle import ThrottledCount
 from kryten_llm.daemon.listener import InboundEvent
 from kryten_llm.events import MalformedEvent, MalformedEvents, correlation_of, decode_envelope
 from kryten_llm.logsetup import correlation_id
-from kryten_llm.pipeline import ReplyJob
+from kryten_llm.pipeline import Job
 
 log = logging.getLogger(__name__)
 
 DROP_LOG_INTERVAL_SECONDS = 5.0
 """At most one "reply queue full" warning per this interval; every drop is still counted."""
 
-Decide = Callable[[str, dict[str, object], float], ReplyJob | None]
+Decide = Callable[[str, dict[str, object], float], Job | None]
 """`Pipeline.decide(event name, envelope, when NATS delivered it)`."""
-Reply = Callable[[ReplyJob], Awaitable[object]]
-OnDropped = Callable[[ReplyJob], None]
+Reply = Callable[[Job], Awaitable[object]]
+OnDropped = Callable[[Job], None]
 
 
 def event_name_of(subject: str) -> str:
@@ -54,7 +54,7 @@ class Dispatcher:
         self.malformed = malformed or MalformedEvents()
         """Shared with the pipeline, so envelope and payload problems are counted together."""
         self._worker_count = workers
-        self.replies: asyncio.Queue[ReplyJob] = asyncio.Queue(maxsize=reply_queue_size)
+        self.replies: asyncio.Queue[Job] = asyncio.Queue(maxsize=reply_queue_size)
         self._tasks: list[asyncio.Task[None]] = []
         self._drops = ThrottledCount(DROP_LOG_INTERVAL_SECONDS)
         self.busy_workers = 0
@@ -90,7 +90,7 @@ class Dispatcher:
         """Reply jobs dropped because the reply queue was full, since start."""
         return self._drops.total
 
-    def _note_drop(self, job: ReplyJob) -> None:
+    def _note_drop(self, job: Job) -> None:
         """A flood of mentions must not become a flood of log lines: count each, warn rarely."""
         since = self._drops.note()
         if since is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kryten_llm.config import Settings, load_settings
 
-RESTART_SECTIONS = ("nats", "cytube", "response_log", "metrics", "control", "service")
+RESTART_SECTIONS = ("nats", "cytube", "response_log", "metrics", "control", "service", "state")
 """Bound to something opened at start; a change is reported, not applied."""
 
 

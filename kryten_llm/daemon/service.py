@@ -1,8 +1,11 @@
 """Thin wiring: connect to NATS through kryten-py, build the pipeline, run until told to stop.
 
 Start order is chosen so nothing is lost and nothing half-starts: the response log, HTTP
-session and client first, then the pipeline and its workers, then the subscriptions (so the
-first event already has somewhere to go), then the bus presence, and systemd's READY=1 last.
+session and client first, then durable state (the store, and the keeper filling its mirrors
+from KV before any event is heard), then the pipeline and its workers, then the subscriptions
+(so the first event already has somewhere to go), then the bus presence, and systemd's
+READY=1 last. On the way down the keeper writes what changed after the workers stopped, and
+the store closes before the connection does.
 Each part's stop goes onto one `AsyncExitStack` the moment the part has started, so stopping
 is unwinding that stack: always the exact reverse of start, and only of what did start (a
 start that fails or is interrupted half-way unwinds just as cleanly). Unwinding gives replies
@@ -40,10 +43,11 @@ from kryten_llm.ops.control import AmbiguousChannel, ControlService, UnknownChan
 from kryten_llm.ops.discovery import Announcer, lifecycle_service_config
 from kryten_llm.ops.health import HealthMonitor
 from kryten_llm.ops.metrics import Metrics, MetricsServer, metrics_summary
-from kryten_llm.pipeline import Pipeline, ReplyJob
+from kryten_llm.pipeline import Job, Pipeline
 from kryten_llm.redact import redact_value, set_secrets, url_password
 from kryten_llm.reply.sender import ChatSender
 from kryten_llm.response_log import ResponseLog
+from kryten_llm.state import StateStore
 from kryten_llm.types import ChannelKey, channels_named
 
 log = logging.getLogger(__name__)
@@ -114,6 +118,7 @@ class LLMService:
     listener: MessageListener
     dispatcher: Dispatcher
     announcer: Announcer
+    store: StateStore
 
     def __init__(
         self,
@@ -172,7 +177,12 @@ class LLMService:
         stack.push_async_callback(self._cancel_tasks)  # they may use the session and client
         if not await self._connect(self.client):
             return False
-        self.pipeline = self._build_pipeline(settings, self.session)
+        self.store = StateStore(settings.state, self.client)
+        self.pipeline = self._build_pipeline(settings, self.session, self.store)
+        await self.store.start()  # opens the pipeline's buckets; degrades, never raises
+        stack.push_async_callback(self.store.close)
+        await self.pipeline.keeper.start([c.key for c in settings.channels])
+        stack.push_async_callback(self.pipeline.keeper.close)  # after the workers stop
         await self._load_bridge_state(self.pipeline)
         self._start_workers(settings, self.client, self.pipeline)
         stack.push_async_callback(self.listener.stop)
@@ -222,7 +232,9 @@ class LLMService:
         finally:
             stopping.cancel()
 
-    def _build_pipeline(self, settings: Settings, session: aiohttp.ClientSession) -> Pipeline:
+    def _build_pipeline(
+        self, settings: Settings, session: aiohttp.ClientSession, store: StateStore
+    ) -> Pipeline:
         self.llm = LLMManager(settings.llm_providers, settings.llm_manager, session)
         usage = UsageTracker(
             settings.usage, settings.llm_providers, on_budget_event=self._on_budget_event
@@ -236,6 +248,7 @@ class LLMService:
             usage=usage,
             metrics=self.metrics,
             start_ms=self.start_ms,
+            store=store,
             **self.pipeline_options,
         )
 
@@ -260,7 +273,7 @@ class LLMService:
         self.dispatcher.start()
         self._exit.push_async_callback(self._stop_workers)
 
-    async def _reply(self, job: ReplyJob) -> list[str]:
+    async def _reply(self, job: Job) -> list[str]:
         """A worker's reply; one that shutdown cancels still gets its JSONL record."""
         try:
             return await self.pipeline.reply(job)
@@ -456,6 +469,19 @@ class LLMService:
 
     def response_log_status(self) -> Mapping[str, Any]:
         return {**self.response_log.stats(), "error": self.response_log.failing}
+
+    def state_status(self) -> Mapping[str, Any]:
+        """Whether durable state is on JetStream KV, and the writes waiting or lost."""
+        status = self.store.status
+        writer = self.pipeline.keeper.writer
+        return {
+            "enabled": status.enabled,
+            "available": status.available,
+            "reason": status.reason,
+            "pending_writes": writer.pending if writer else 0,
+            "dropped_writes": writer.dropped if writer else 0,
+            "failed_writes": writer.failed if writer else 0,
+        }
 
     # --- run and stop --------------------------------------------------------------------
 

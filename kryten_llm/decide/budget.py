@@ -108,6 +108,17 @@ class UsageTracker:
         while len(self._users) > settings.max_tracked_users:
             self._users.popitem(last=False)
 
+    def forget_user(self, user: str) -> bool:
+        """Drop what is kept about a user's spending (`!chat forget me`); True if done.
+
+        A user whose daily budget is spent keeps the record until the day ends: it is a
+        limit in force, like a cooldown, and forgetting it would reset the budget.
+        """
+        if _spent(self._users.get(user.lower()), self.settings.user_daily_budget_usd):
+            return False
+        self._users.pop(user.lower(), None)
+        return True
+
     # --- recording ---
 
     def record(

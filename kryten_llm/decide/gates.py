@@ -145,6 +145,9 @@ class BudgetGate:
         self.usage = usage
 
     def check(self, turn: Turn) -> Verdict:
+        if turn.trigger.kind == "command":
+            return None  # answered without the LLM: it costs nothing (and privacy commands
+            # must work when a budget is spent)
         decision = self.usage.allow(turn.key, turn.username)
         if not decision.allowed:
             return Hold("budget", decision.reason)

@@ -21,6 +21,9 @@ Rules (each component gets `ok`, `degraded` or `failing`; the overall state is t
 - **response_log**: records written, dropped (queue full) and lost (the disk refused them) are
   listed; while writing fails (a full disk) -> `degraded`, and `ok` again as soon as a write
   works. Lost records stay counted, so the count tells an operator what the outage cost.
+- **state**: durable state (memories, personas, opt-outs, history in JetStream KV): configured
+  on but not available (JetStream off, unreachable, timing out) -> `degraded`, with the
+  reason; the bot keeps working with state in memory. Off by configuration -> `ok`.
 - A getter that raises makes its component `degraded` with the exception class named (never its
   text), so a bug in a status getter cannot crash a heartbeat or hide the rest of the report.
 """
@@ -95,6 +98,11 @@ class StatusSource(Protocol):
     def response_log_status(self) -> Mapping[str, Any]:
         """`ResponseLog.stats()` (written, dropped, lost, ...) plus `error`: the errno name
         while writing fails (`ENOSPC`), else None."""
+        ...
+
+    def state_status(self) -> Mapping[str, Any]:
+        """Durable state: `enabled` (configured), `available` (JetStream KV in use), `reason`
+        (why not), and the state writes `pending_writes`, `dropped_writes`, `failed_writes`."""
         ...
 
 
@@ -237,6 +245,24 @@ def response_log_component(source: StatusSource) -> Component:
     return Component("ok", detail)
 
 
+STATE_COUNTS = ("pending_writes", "dropped_writes", "failed_writes")
+
+
+def state_component(source: StatusSource) -> Component:
+    try:
+        state = dict(source.state_status())
+    except Exception as exc:
+        return _probe_failed("state", exc)
+    detail: dict[str, Any] = {"kv": bool(state.get("available"))}
+    detail.update({name: _count(state.get(name)) for name in STATE_COUNTS})
+    if state.get("enabled") and not state.get("available"):
+        why = str(state.get("reason") or "unknown")[:200]
+        return Component(
+            "degraded", detail, f"durable state off, memory only until it is back: {why}"
+        )
+    return Component("ok", detail)
+
+
 def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -249,6 +275,7 @@ def assess(source: StatusSource) -> HealthReport:
     components["queue"] = queue_component(source)
     components["channels"] = channels_component(source)
     components["response_log"] = response_log_component(source)
+    components["state"] = state_component(source)
     worst = max(_RANK[c.status] for c in components.values())
     return HealthReport(_OVERALL[worst], components)
 

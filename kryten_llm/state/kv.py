@@ -45,6 +45,12 @@ HEADER_ALLOWANCE_BYTES = 1024
 value: JetStream counts headers against the bucket's maximum message size."""
 
 WATCHER_STOP_TIMEOUT_SECONDS = 1.0
+KV_SUBJECT_PREFIX = "$KV."
+KV_STREAM_PREFIX = "KV_"
+KV_OPERATION_HEADER = "KV-Operation"
+KV_MARKER_HEADER = "Nats-Marker-Reason"
+"""JetStream KV's own wire names: a bucket is stream `KV_<bucket>`, its keys are subjects
+`$KV.<bucket>.<key>`, and deletes are messages carrying one of these headers."""
 
 
 def describe(exc: BaseException, timeout_seconds: float) -> str:
@@ -136,10 +142,11 @@ async def open_bucket(nc: NatsClient, name: str, settings: StateSettings) -> Key
 class KvBackend:
     """One bucket in JetStream KV, every call timed (see the module doc)."""
 
-    def __init__(self, nc: NatsClient, kv: KeyValue, timeout_seconds: float) -> None:
+    def __init__(self, nc: NatsClient, kv: KeyValue, timeout_seconds: float, bucket: str) -> None:
         self.nc = nc
         self._kv = kv
         self._timeout = timeout_seconds
+        self.bucket = bucket
 
     async def read(self, key: str) -> tuple[bytes | None, int]:
         try:
@@ -174,19 +181,45 @@ class KvBackend:
         return await timed(self.nc, self._list(prefix, limit), self._timeout)
 
     async def _list(self, prefix: str, limit: int) -> list[str]:
-        """Keys under `prefix`, filtered by the server (`<prefix>.>`), deletes left out."""
-        pattern = f"{prefix}.>" if prefix else ">"
-        watcher = await self._kv.watch(pattern, ignore_deletes=True, meta_only=True)
+        """Keys under `prefix`, filtered by the server (`<prefix>.>`), deletes left out.
+
+        Read through an ordered consumer of each key's last message, not nats-py's
+        `KeyValue.watch`: that marks the end of the keys when the consumer has nothing pending
+        and its callback has received nothing, which is also true while the keys are still on
+        their way from the server, so a listing came back empty now and then. Here the end is
+        a message's own count of those still pending (0 on the last), and "no keys" is a
+        consumer to which the server delivered nothing and holds nothing.
+        """
+        subject = f"{KV_SUBJECT_PREFIX}{self.bucket}.{prefix + '.>' if prefix else '>'}"
+        js = self.nc.jetstream(timeout=self._timeout)
+        sub = await js.subscribe(
+            subject,
+            stream=f"{KV_STREAM_PREFIX}{self.bucket}",
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            headers_only=True,
+        )
         keys: list[str] = []
         try:
+            info = await sub.consumer_info()
+            if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+                return keys
             while len(keys) < limit:
-                # nats-py leaves the watcher's methods unannotated.
-                entry = await watcher.updates(timeout=self._timeout)  # type: ignore[no-untyped-call]
-                if entry is None:  # the initial values are all delivered
+                msg = await sub.next_msg(timeout=self._timeout)
+                if not _is_delete(msg.headers):
+                    keys.append(msg.subject[len(KV_SUBJECT_PREFIX) + len(self.bucket) + 1 :])
+                if not msg.metadata.num_pending:
                     break
-                keys.append(entry.key)
         finally:
             with contextlib.suppress(Exception):
-                stopping = watcher.stop()  # type: ignore[no-untyped-call]
-                await asyncio.wait_for(stopping, WATCHER_STOP_TIMEOUT_SECONDS)
+                await asyncio.wait_for(sub.unsubscribe(), WATCHER_STOP_TIMEOUT_SECONDS)
         return keys
+
+
+def _is_delete(headers: dict[str, str] | None) -> bool:
+    """A delete or purge marker (nats-server 2.11+ also marks expiry and removal this way)."""
+    if not headers:
+        return False
+    if headers.get(KV_OPERATION_HEADER) in ("DEL", "PURGE"):
+        return True
+    return headers.get(KV_MARKER_HEADER) in ("MaxAge", "Purge", "Remove")

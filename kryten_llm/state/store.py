@@ -153,7 +153,8 @@ class StateStore:
         backend = self._kv.get(purpose)
         if backend is None or backend.nc is not nc:
             kv = await open_bucket(nc, self._purposes[purpose], self.settings)
-            backend = KvBackend(nc, kv, self.settings.operation_timeout_seconds)
+            timeout = self.settings.operation_timeout_seconds
+            backend = KvBackend(nc, kv, timeout, self._purposes[purpose])
             self._kv[purpose] = backend
         return backend
 

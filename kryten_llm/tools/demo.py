@@ -30,10 +30,13 @@ DEMO_CHANNEL = "DemoTheater"
 REPLY_WAIT_SECONDS = 30.0
 PAUSE_BETWEEN_LINES_SECONDS = 0.6
 
-# (username, text); "{bot}" is replaced by the bot's name.
+# (username, text); "{bot}" is replaced by the bot's name. Lines naming the bot and chat
+# commands (`!chat ...`) wait for the bot's answer.
 SCRIPT: list[tuple[str, str]] = [
     ("Alice", "ok who is ready for some 90s kung fu cinema"),
     ("Bob", "{bot}, what do you think of this movie so far?"),
+    ("Alice", "!chat remember Alice brought the extra-butter popcorn tonight"),
+    ("Carol", "!chat recall popcorn"),
     ("Alice", "the dubbing is so bad it is great"),
     ("Carol", "hey {bot} any tips for surviving a warehouse fight?"),
     ("Bob", "lol the villain is explaining his whole plan again"),
@@ -164,6 +167,12 @@ async def _play_script(nc: Any, transcript: Transcript, bot: str, lines: int) ->
         envelope("changeMedia", media_payload(title), DEMO_CHANNEL, DEMO_DOMAIN),
     )
     transcript.note(f"now playing: {title}")
+    # The user list the bridge sends on join: ranks (registered users may store memories).
+    users = [{"name": name, "rank": 1, "meta": {}} for name in sorted({u for u, _ in SCRIPT})]
+    await nc.publish(
+        chat_subject(DEMO_CHANNEL, "userlist"),
+        envelope("userlist", users, DEMO_CHANNEL, DEMO_DOMAIN),
+    )
     for user, template in SCRIPT[:lines]:
         text = template.format(bot=bot)
         transcript.replied.clear()
@@ -171,7 +180,7 @@ async def _play_script(nc: Any, transcript: Transcript, bot: str, lines: int) ->
             subject, envelope("chatMsg", chat_payload(user, text), DEMO_CHANNEL, DEMO_DOMAIN)
         )
         transcript.line(user, text)
-        if "{bot}" in template:
+        if "{bot}" in template or template.startswith("!chat"):
             try:
                 await asyncio.wait_for(transcript.replied.wait(), REPLY_WAIT_SECONDS)
                 await asyncio.sleep(PAUSE_BETWEEN_LINES_SECONDS)  # let any later parts land

@@ -61,7 +61,7 @@ from kryten_llm.daemon.service import configured_secrets
 from kryten_llm.events import subject_token
 from kryten_llm.llm.manager import LLMManager
 from kryten_llm.logsetup import setup_logging
-from kryten_llm.pipeline import EventClock, Pipeline, ReplyJob
+from kryten_llm.pipeline import EventClock, Job, Pipeline
 from kryten_llm.reply.sender import unsafe_part
 from kryten_llm.response_log import (
     REPLY_OUTCOMES,
@@ -345,7 +345,7 @@ class _Replayer:
         self._collect(event)
         await self._let_log_catch_up()
 
-    def _decide(self, event: TranscriptEvent) -> ReplyJob | None:
+    def _decide(self, event: TranscriptEvent) -> Job | None:
         try:
             return self.pipeline.decide(event.token, event.envelope(self.channel))
         except Exception:  # the service survives a bug in one decision; so does a replay
@@ -353,7 +353,7 @@ class _Replayer:
             log.exception("replay: error deciding on line %d", event.line_no)
             return None
 
-    async def _reply(self, job: ReplyJob) -> None:
+    async def _reply(self, job: Job) -> None:
         try:
             await self.pipeline.reply(job)
         except Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -66,6 +67,9 @@ def base_config(nats_url: str, llm_base_url: str) -> dict[str, Any]:
         "rate_limits": LOOSE_LIMITS,
         "spam": LOOSE_SPAM,
         "metrics": {"port": 0},  # a free port: services in tests must not clash
+        # Durable state is on, as in production, but each test's buckets are its own: the
+        # session's server is shared, and one test's memories must not reach another's.
+        "state": {"bucket_prefix": f"t{uuid.uuid4().hex[:12]}_"},
     }
 
 
