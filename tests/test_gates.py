@@ -112,3 +112,18 @@ def test_a_spent_budget_holds_or_reroutes_and_a_later_hold_still_wins() -> None:
             raise AssertionError("never spent")
 
     assert consult([cheaper, Closed()], turn()) == Hold("paused", "closed")
+
+
+def test_a_quiet_room_answers_what_was_asked_and_holds_what_was_not() -> None:
+    """The share cap in a quiet room: a mention or a chat command is asked for; a trigger
+    word is not, and is held (the room has three lines from people, none from the bot)."""
+    guard = SpamGuard(SpamSettings(), clock=lambda: NOW)
+    room = ChannelKey("cytu.be", "lounge")
+    for user in ("alice", "bob", "carol"):
+        guard.note_chat_line(room, user, is_bot=False)
+    gate = ReplyLoopGate(guard)
+    line = ChatLine("Lounge", "cytu.be", "alice", "!chat help", 0)
+    for kind in ("mention", "command"):
+        assert gate.check(Turn(line, Trigger(kind, kind, "help"))) is None, kind  # type: ignore[arg-type]
+    held = gate.check(Turn(line, Trigger("trigger_word", "popcorn", "popcorn")))
+    assert isinstance(held, Hold) and held.reason.startswith("chat_share: ")

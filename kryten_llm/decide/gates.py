@@ -124,7 +124,8 @@ class ReplyLoopGate:
         self.guard = guard
 
     def check(self, turn: Turn) -> Hold | None:
-        solicited = turn.trigger.kind == "mention"
+        # A mention or a chat command is addressed to the bot: asked for, not unsolicited.
+        solicited = turn.trigger.kind in ("mention", "command")
         decision = self.guard.check_reply(turn.key, turn.username, solicited=solicited)
         if decision.allowed:
             return None
