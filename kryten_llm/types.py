@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 TriggerKind = Literal["mention", "trigger_word", "command"]
 """`command`: a chat command (`!chat help`), answered without the LLM (`decide/commands.py`)."""
@@ -42,22 +42,28 @@ record's `message` is left empty).
 """
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ChannelKey:
+class _RoomFields(NamedTuple):
+    domain: str
+    channel: str
+
+
+class ChannelKey(_RoomFields):
     """One room: a CyTube server (domain) and a channel on it, as per-channel state is keyed.
 
     The config allows the same channel name on two servers, and those are two rooms: limits,
     history, pause, budgets, pacing and every other per-channel map is keyed by this, never by
     the name alone. It is normalised once, here, the way the bridge matches commands: the
     domain exactly, the channel case-insensitively (`Lounge` and `lounge` are one room).
+
+    A tuple rather than a dataclass: every chat line looks it up in a dozen maps, and a
+    tuple of two strings hashes and compares in C (a frozen dataclass's generated `__hash__`
+    cost more per line than the rest of the key's work together).
     """
 
-    domain: str
-    channel: str
-    """Lower-cased on construction, whatever was passed."""
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "channel", self.channel.lower())
+    def __new__(cls, domain: str, channel: str) -> ChannelKey:
+        return super().__new__(cls, domain, channel.lower())
 
     def __str__(self) -> str:
         return f"{self.domain}/{self.channel}"
