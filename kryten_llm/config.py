@@ -238,7 +238,11 @@ class ProviderSettings(Section):
     model: Annotated[str, Field(min_length=1)] = "llama3.2"
     """Model name as the provider knows it."""
     api_key: SecretStr | None = None
+    """The key itself, inline; prefer `api_key_env`, which keeps it out of the file."""
     api_key_env: str | None = None
+    """The environment variable holding the key (it wins over `api_key` when set). Start-up,
+    `--validate-config` and `kryten-llm check` name it when it is unset; its value is never
+    shown."""
     enabled: bool = True
     """A disabled provider is never called."""
     priority: int = Field(100, description="Lower is tried first.")
@@ -378,8 +382,11 @@ class UsageSettings(Section):
         description="Keyed by model name (as configured); models not listed cost nothing.",
     )
     daily_budget_usd: Annotated[float | None, Field(ge=0, le=BUDGET_USD_MAX)] = None
+    """USD the whole process may spend per UTC day; null means no limit."""
     channel_daily_budget_usd: Annotated[float | None, Field(ge=0, le=BUDGET_USD_MAX)] = None
+    """USD one channel may spend per UTC day; null means no limit."""
     user_daily_budget_usd: Annotated[float | None, Field(ge=0, le=BUDGET_USD_MAX)] = None
+    """USD replies to one user may cost per UTC day; null means no limit."""
     on_budget_exhausted: Literal["cheaper_provider", "silent"] = "silent"
     """What to do when a daily budget is spent: switch to `cheaper_provider`, or stay silent."""
     cheaper_provider: str | None = Field(
@@ -410,6 +417,7 @@ class TriggerSettings(Section):
     context: str = ""
     """Situation text added to the system prompt for this trigger."""
     response_style: str | None = None
+    """A style instruction added to the system prompt for replies to this trigger."""
     max_responses_per_hour: Annotated[int, Field(ge=0, le=REPLY_COUNT_MAX)] = 10
     """Hourly cap for this trigger, per channel."""
     priority: int = 5
@@ -417,6 +425,7 @@ class TriggerSettings(Section):
     enabled: bool = True
     """A disabled trigger never fires."""
     provider: str | None = None
+    """The provider asked first for this trigger (its fallbacks follow); null: the usual order."""
 
     @field_validator("patterns")
     @classmethod

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from kryten_llm.config import ALL_COMMANDS, Settings
-from kryten_llm.tools._config_docs import render
+from kryten_llm.tools._config_docs import _model_of, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,13 +20,78 @@ def test_configuration_reference_is_current() -> None:
     )
 
 
+FIELD_ROW = re.compile(r"^\| `[^`]+` \|")
+CELL_SPLIT = re.compile(r"(?<!\\)\|")
+"""A cell boundary: a `|` that is not escaped (`\\|` is a pipe inside a cell)."""
+
+
+def row_cells(line: str) -> list[str]:
+    """The cells of one markdown table row, stripped; an empty cell stays an empty string."""
+    inner = line.strip()
+    if not (inner.startswith("|") and inner.endswith("|")):
+        raise AssertionError(f"not a table row: {line}")
+    return [cell.strip() for cell in CELL_SPLIT.split(inner[1:-1])]
+
+
+def row_problems(line: str) -> list[str]:
+    """What is wrong with one field row: a cell count other than 4, an empty cell, a type
+    whose brackets do not balance."""
+    cells = row_cells(line)
+    if len(cells) != 4:
+        return [f"{len(cells)} cells, not 4"]
+    problems = [
+        f"empty {name} cell"
+        for name, cell in zip(("field", "type", "default", "meaning"), cells, strict=True)
+        if not cell
+    ]
+    type_name = cells[1].strip("`")
+    if type_name.count("[") != type_name.count("]"):
+        problems.append(f"unbalanced type {type_name!r}")
+    return problems
+
+
+def test_the_row_check_catches_an_empty_meaning_and_a_broken_type() -> None:
+    """The check itself can fail: the two defects the reference once had are caught."""
+    empty_meaning = "| `api_key` | `SecretStr \\| None` | `null` |  |"
+    assert row_problems(empty_meaning) == ["empty meaning cell"]
+    assert row_problems("| `max_emojis` | `Optional[int` | `null` | Keep at most. |") == [
+        "unbalanced type 'Optional[int'"
+    ]
+    assert row_problems("| `url` | `str \\| None` | `null` | The server. |") == []
+
+
 def test_every_section_and_field_is_documented() -> None:
     text = render()
     for section in Settings.model_fields:
         assert f"## `{section}`" in text
-    for line in text.splitlines():
-        if line.startswith("| `"):
-            assert line.rstrip(" |").split("|")[-1].strip(), f"undocumented field: {line}"
+    rows = [line for line in text.splitlines() if FIELD_ROW.match(line)]
+    assert len(rows) > 100
+    problems = [f"{line}: {', '.join(p)}" for line in rows if (p := row_problems(line))]
+    assert problems == []
+
+
+def section_models() -> list[tuple[str, type[BaseModel]]]:
+    """Every config model below `Settings`, with the path it is reached by."""
+    found: list[tuple[str, type[BaseModel]]] = []
+    pending: list[tuple[str, type[BaseModel]]] = [("", Settings)]
+    while pending:
+        path, model = pending.pop()
+        for name, field in model.model_fields.items():
+            sub = _model_of(field.annotation)
+            if sub is not None:
+                found.append((f"{path}{name}", sub))
+                pending.append((f"{path}{name}.", sub))
+    return found
+
+
+def test_every_config_field_has_a_description() -> None:
+    missing = [
+        f"{path}.{name}"
+        for path, model in section_models()
+        for name, field in model.model_fields.items()
+        if not (field.description or "").strip()
+    ]
+    assert missing == []
 
 
 def test_readme_names_the_commands_it_promises() -> None:

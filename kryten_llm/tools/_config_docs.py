@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 import sys
-from typing import Any, get_args, get_origin
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -46,10 +46,25 @@ hand. A worked example with comments is `config.example.json`.
 
 
 def _type_name(annotation: Any) -> str:
-    text = inspect.formatannotation(annotation)
-    text = re.sub(r"\b(?:kryten_llm\.config\.|pathlib\.|typing\.|pydantic\.types\.)", "", text)
-    text = re.sub(r"Annotated\[([^,\]]+(?:\[[^\]]*\])?),.*?\]$", r"\1", text)
-    return text.replace("NoneType", "None")
+    """A field's type as a reader writes it: `int | None`, `list[str]`, `"allow" | "strip"`.
+
+    Built from the annotation's structure, not from its `repr`: the repr of an `Annotated`
+    inside an optional (`Optional[Annotated[int, ...]]`) does not survive being cut with a
+    regular expression.
+    """
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " | ".join(names + (["None"] if type(None) in args else []))
+    if origin is Literal:
+        return " | ".join(json.dumps(a) for a in args)
+    if origin is not None:
+        return f"{_type_name(origin)}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def _default(field: FieldInfo) -> str:
@@ -92,7 +107,8 @@ def _section(name: str, model: type[BaseModel], shape: str) -> list[str]:
     for field_name, field in model.model_fields.items():
         description = (field.description or "").replace("|", "\\|").replace("\n", " ")
         type_name = _type_name(field.annotation).replace("|", "\\|")
-        lines.append(f"| `{field_name}` | `{type_name}` | {_default(field)} | {description} |")
+        default = _default(field).replace("|", "\\|")
+        lines.append(f"| `{field_name}` | `{type_name}` | {default} | {description} |")
     return [*lines, ""]
 
 
