@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kryten_llm import __version__
-from kryten_llm.config import ConfigError, load_settings
+from kryten_llm.config import (
+    ConfigError,
+    describe_provider,
+    env_override_note,
+    load_settings,
+    missing_key_warnings,
+    provider_order,
+)
 from kryten_llm.logsetup import LOG_FORMATS, setup_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -80,7 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def validate_config(path: Path | None, log_format: str = "text") -> int:
+def validate_config(path: Path | None, log_format: str = "text", dry_run: bool = False) -> int:
+    """Check the config offline and report what it configures; `kryten-llm check` goes live.
+
+    `dry_run` is `--dry-run` on the same command line: it is reported as the run would see it.
+    A provider whose `api_key_env` names an unset variable is valid config but cannot be
+    called: it is warned about, naming the provider and the variable, never a value.
+    """
     setup_logging("WARNING", log_format)  # warnings about a valid file are shown, not lost
     try:
         settings = load_settings(path)
@@ -89,21 +102,26 @@ def validate_config(path: Path | None, log_format: str = "text") -> int:
         return EXIT_CONFIG
     source = str(path) if path else "(embedded defaults)"
     channels = ", ".join(f"{c.domain}/{c.channel}" for c in settings.channels)
-    providers = ", ".join(
-        f"{name} ({p.type}, {p.model})" for name, p in settings.llm_providers.items() if p.enabled
-    )
+    dry = dry_run or settings.testing.dry_run
     print(f"Configuration {source} is valid.")
     print(f"  channels:  {channels}")
-    print(f"  providers: {providers}")
+    print("  providers, in the order a reply tries them:")
+    for number, name in enumerate(provider_order(settings.llm_providers), 1):
+        print(f"    {number}. {describe_provider(name, settings.llm_providers[name])}")
     print(f"  triggers:  {len(settings.triggers)}")
-    print(f"  dry run:   {settings.testing.dry_run}")
+    print(f"  dry run:   {'on' if dry else 'off'}" + (" (--dry-run)" if dry_run else ""))
+    for warning in missing_key_warnings(settings.llm_providers):
+        print(f"  warning: {warning}")
+    note = env_override_note()
+    if note:
+        print(f"  note: {note}")
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.validate_config:
-        return validate_config(args.config, args.log_format)
+        return validate_config(args.config, args.log_format, args.dry_run)
     if args.command == "stats":
         from kryten_llm.tools.stats import run_stats
 

@@ -24,6 +24,7 @@ import re
 import stat
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -222,6 +223,42 @@ BUILTIN_PERSONAS: dict[str, PersonaSettings] = {
 ProviderType = Literal["openai_compatible", "openrouter", "ollama", "anthropic", "gemini"]
 
 
+@dataclass(frozen=True)
+class KeyStatus:
+    """A provider's API key as an operator may see it: where it comes from, never its value.
+
+    `missing` is the one state that makes a provider unusable: `api_key_env` names a variable
+    that is unset (or empty) and no inline `api_key` stands in. A provider with no key
+    configured at all is not missing one: local servers (Ollama, llama.cpp) need none.
+    """
+
+    variable: str | None
+    """The variable `api_key_env` names, if any."""
+    present: bool
+    """A key will be sent."""
+    inline: bool = False
+    """The key that is sent (or would stand in) is the inline `api_key`."""
+
+    @classmethod
+    def of(cls, variable: str | None, present: bool, has_inline: bool) -> KeyStatus:
+        from_env = bool(variable and os.environ.get(variable))
+        return cls(variable, present, inline=has_inline and not from_env)
+
+    @property
+    def missing(self) -> bool:
+        return self.variable is not None and not self.present
+
+    def describe(self) -> str:
+        """`set (VAR)`, `unset: VAR`, `inline`, `inline (VAR unset)` or `none`."""
+        if self.missing:
+            return f"unset: {self.variable}"
+        if not self.present:
+            return "none"
+        if self.inline:
+            return f"inline ({self.variable} unset)" if self.variable else "inline"
+        return f"set ({self.variable})"
+
+
 class ProviderSettings(Section):
     """One LLM endpoint. The key is read from `api_key`, or from the env var `api_key_env`.
 
@@ -312,6 +349,12 @@ class ProviderSettings(Section):
             if any(c in name + header for c in "\r\n"):
                 raise ValueError(f"header {name!r} contains a line break")
         return value
+
+    def key_status(self) -> KeyStatus:
+        """Whether a key is there to send, described without its value (see `KeyStatus`)."""
+        return KeyStatus.of(
+            self.api_key_env, bool(self.resolve_api_key()), self.api_key is not None
+        )
 
     def resolve_api_key(self) -> str | None:
         """The key to send: the env var named by `api_key_env` wins over an inline `api_key`."""
@@ -945,6 +988,49 @@ class MemorySettings(Section):
     """State writes waiting for the writer (full: a write is dropped, logged, counted)."""
 
 
+def provider_order(
+    providers: dict[str, ProviderSettings], preferred: str | None = None
+) -> list[str]:
+    """The chain one reply walks: `preferred` first (if enabled), then by priority (lower
+    first, then name), each provider followed at once by its `fallback` chain, depth first.
+
+    Each provider appears once; disabled and unknown names are skipped. The LLM manager
+    walks exactly this order; start-up, `--validate-config` and `check` show it.
+    """
+    enabled = {n: p for n, p in providers.items() if p.enabled}
+    seeds = sorted(enabled, key=lambda n: (enabled[n].priority, n))
+    if preferred is not None and preferred in enabled:
+        seeds.insert(0, preferred)
+    order: list[str] = []
+    pending = list(reversed(seeds))
+    while pending:
+        name = pending.pop()
+        if name in order or name not in enabled:
+            continue
+        order.append(name)
+        pending += reversed(enabled[name].fallback)
+    return order
+
+
+def describe_provider(name: str, provider: ProviderSettings) -> str:
+    """`name (type, model, key ...)`: how start-up, validation and `check` name a provider."""
+    return f"{name} ({provider.type}, {provider.model}, key {provider.key_status().describe()})"
+
+
+def missing_key_warnings(providers: dict[str, ProviderSettings]) -> list[str]:
+    """One line per enabled provider whose `api_key_env` names an unset variable.
+
+    Names the provider and the variable, never a value: the config is valid, but that
+    provider cannot be called until the variable is set.
+    """
+    return [
+        f"LLM provider {name!r}: api_key_env names {p.api_key_env}, which is not set in this "
+        "environment; the provider cannot be called until it is"
+        for name, p in providers.items()
+        if p.enabled and p.key_status().missing
+    ]
+
+
 def _default_providers() -> dict[str, ProviderSettings]:
     return {"local": ProviderSettings()}
 
@@ -1087,16 +1173,22 @@ class Settings(BaseSettings):
 
 
 class ConfigError(Exception):
-    """A configuration that cannot be used; `problems` are ready to print, one per line."""
+    """A configuration that cannot be used; `problems` are ready to print, one per line.
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    `notes` are context, not problems (which environment overrides were in effect): they are
+    printed after the problems and not counted among them.
+    """
+
+    def __init__(self, source: str, problems: list[str], notes: list[str] | None = None) -> None:
         self.source = source
         self.problems = problems
+        self.notes = notes or []
         super().__init__(f"{source}: " + "; ".join(problems))
 
     def report(self) -> str:
         lines = [f"Configuration {self.source} cannot be used ({len(self.problems)} problem(s)):"]
         lines += [f"  - {p}" for p in self.problems]
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -1142,6 +1234,12 @@ def _env_overrides_present() -> list[str]:
     return sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX))
 
 
+def env_override_note() -> str | None:
+    """Which `KRYTEN_LLM_*` variables are set (names only: a value may be a secret), or None."""
+    overrides = _env_overrides_present()
+    return f"environment overrides in effect: {', '.join(overrides)}" if overrides else None
+
+
 def strip_comments(value: Any) -> Any:
     """Drop keys starting with `_` at any depth: JSON has no comments, so `_comment` is one."""
     if isinstance(value, dict):
@@ -1161,10 +1259,8 @@ def build_settings(data: dict[str, Any], source: str) -> Settings:
         return Settings(**strip_comments(data))
     except ValidationError as exc:
         problems = [_describe(dict(e)) for e in exc.errors()]
-        overrides = _env_overrides_present()
-        if overrides:
-            problems.append(f"(note) environment overrides in effect: {', '.join(overrides)}")
-        raise ConfigError(source, problems) from None
+        note = env_override_note()
+        raise ConfigError(source, problems, [note] if note else None) from None
     except (SettingsError, RecursionError) as exc:
         # An environment override that is not JSON, or is nested absurdly deep: the message
         # names the field, never the value (it may be a secret).

@@ -7,10 +7,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kryten_llm.config import ConfigError, build_settings, load_settings, redact
+from kryten_llm.config import (
+    ConfigError,
+    Settings,
+    build_settings,
+    load_settings,
+    redact,
+    strip_comments,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config.example.json"
@@ -41,6 +49,81 @@ def test_example_config_is_valid() -> None:
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+EXAMPLE_SECTIONS = frozenset(
+    {"nats", "cytube", "personality", "personas", "llm_providers", "triggers"}
+)
+"""Sections that describe one deployment (its bus, channels, characters, models and words):
+their example values are examples. Everywhere else the example shows the defaults."""
+
+
+def example_departures(example: dict[str, Any]) -> list[str]:
+    """Fields of the example whose value is not the default and that no `_<field>` comment
+    explains, as `section.field: example vs default`."""
+    defaults = Settings().model_dump(mode="json")
+    found = []
+    for section, fields in strip_comments(example).items():
+        if section in EXAMPLE_SECTIONS or not isinstance(fields, dict):
+            continue
+        for name, value in fields.items():
+            default = defaults[section][name]
+            if value != default and f"_{name}" not in example[section]:
+                found.append(f"{section}.{name}: {value!r} vs default {default!r}")
+    return found
+
+
+def test_the_example_shows_the_defaults_or_says_why() -> None:
+    example = json.loads(EXAMPLE.read_text(encoding="utf-8"))
+    assert example_departures(example) == []
+    # ...and the check notices a silent departure, such as the `workers: 16` it once showed.
+    example["message_processing"]["workers"] = 16
+    assert example_departures(example) == ["message_processing.workers: 16 vs default 32"]
+
+
+def test_validate_config_reports_dry_run_as_the_command_line_sets_it() -> None:
+    result = run_cli("--dry-run", "--validate-config", "--config", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert "dry run:   on (--dry-run)" in result.stdout
+    plain = run_cli("--validate-config", "--config", str(EXAMPLE))
+    assert "dry run:   off" in plain.stdout
+
+
+def test_validate_config_names_an_unset_key_variable_never_a_value(tmp_path: Path) -> None:
+    config = {
+        "llm_providers": {
+            "hosted": {"type": "openrouter", "api_key_env": "KLLM_TEST_UNSET_KEY"},
+            "keyed": {"api_key_env": "KLLM_TEST_SET_KEY", "priority": 200},
+        }
+    }
+    path = write(tmp_path, config)
+    result = run_cli(
+        "--validate-config",
+        "--config",
+        str(path),
+        env={"KLLM_TEST_SET_KEY": SECRET, "KLLM_TEST_UNSET_KEY": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "1. hosted (openrouter, llama3.2, key unset: KLLM_TEST_UNSET_KEY)" in out
+    assert "2. keyed (openai_compatible, llama3.2, key set (KLLM_TEST_SET_KEY))" in out
+    assert "warning: LLM provider 'hosted': api_key_env names KLLM_TEST_UNSET_KEY" in out
+    assert "'keyed'" not in out.split("warning:", 1)[1]
+    assert SECRET not in out + result.stderr
+
+
+def test_an_environment_override_is_a_note_not_a_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, {"rate_limits": {"global_max_per_minute": "lots"}})
+    broken = run_cli(
+        "--validate-config", "--config", str(path), env={"KRYTEN_LLM_TESTING_DRY_RUN": "true"}
+    )
+    assert broken.returncode != 0
+    assert "(1 problem(s))" in broken.stderr
+    assert "note: environment overrides in effect: KRYTEN_LLM_TESTING_DRY_RUN" in broken.stderr
+    valid = run_cli("--validate-config", env={"KRYTEN_LLM_TESTING_DRY_RUN": "true"})
+    assert valid.returncode == 0
+    assert "note: environment overrides in effect: KRYTEN_LLM_TESTING_DRY_RUN" in valid.stdout
+    assert "dry run:   on" in valid.stdout
 
 
 def test_embedded_defaults_are_valid() -> None:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from kryten_llm.config import LLMSettings, ProviderSettings
+from kryten_llm.config import LLMSettings, ProviderSettings, provider_order
 from kryten_llm.llm.breaker import BreakerPolicy, CircuitBreaker, Ticket
 from kryten_llm.llm.providers import Provider, ProviderError, StreamUsage, build_provider
 from kryten_llm.types import Attempt, LLMRequest, LLMResult
@@ -396,25 +396,10 @@ class LLMManager:
 
     def order(self, preferred: str | None = None) -> list[str]:
         """Candidate names for one reply: preferred, then by priority, fallbacks after each."""
-        enabled = {n: p.settings for n, p in self._providers.items() if p.settings.enabled}
-        seeds = sorted(enabled, key=lambda n: (enabled[n].priority, n))
-        if preferred is not None:
-            if preferred in enabled:
-                seeds.insert(0, preferred)
-            else:
-                log.warning("LLM: preferred provider %r is unknown or disabled", preferred)
-        order: list[str] = []
-
-        def visit(name: str) -> None:
-            if name in order or name not in enabled:
-                return
-            order.append(name)
-            for follower in enabled[name].fallback:
-                visit(follower)
-
-        for seed in seeds:
-            visit(seed)
-        return order
+        settings = {name: p.settings for name, p in self._providers.items()}
+        if preferred is not None and not (preferred in settings and settings[preferred].enabled):
+            log.warning("LLM: preferred provider %r is unknown or disabled", preferred)
+        return provider_order(settings, preferred)
 
     def _walk(self, request: LLMRequest, preferred: str | None) -> _Walk:
         now = self.clock()
