@@ -149,9 +149,10 @@ def _indented(block: str) -> str:
 class KrytenNoise(logging.Filter):
     """Keeps kryten-py's logger truthful for operators.
 
-    kryten-py logs a failed connect (bad credentials, say) with a full traceback, and every
-    disconnect at WARNING, including the one a clean shutdown makes. The first keeps its
-    one-line message without the traceback; the second is INFO while `shutting_down` is set.
+    kryten-py logs a failed connect (bad credentials, say) with a full traceback, each
+    refusal of our credentials too, and every disconnect at WARNING, including the one a clean
+    shutdown makes. The first two keep their one-line message without the traceback; the last
+    is INFO while `shutting_down` is set.
     """
 
     def __init__(self) -> None:
@@ -160,7 +161,9 @@ class KrytenNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if message.startswith("Failed to connect to NATS"):
+        if message.startswith("Failed to connect to NATS") or (
+            message.startswith("NATS error:") and "Authorization Violation" in message
+        ):
             record.exc_info, record.exc_text = None, None
         elif self.shutting_down and message == "Disconnected from NATS":
             record.levelno, record.levelname = logging.INFO, "INFO"

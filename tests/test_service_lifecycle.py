@@ -433,7 +433,7 @@ async def test_the_service_waits_for_a_nats_server_that_comes_up_later(
     starting = asyncio.create_task(service.start())
     await asyncio.sleep(1.5)  # refused at least once; the service is waiting, not gone
     assert not starting.done()
-    assert "NATS connection error (will retry)" in caplog.text
+    assert "is not reachable (connection refused)" in caplog.text
     late = await asyncio.to_thread(start_nats_server, 10.0, False, port)
     try:
         assert await asyncio.wait_for(starting, 15) is True
@@ -464,7 +464,7 @@ async def test_sigterm_while_waiting_for_nats_exits_0_quietly(
     write_config(path, config)
     process = start_process(path, {})
     try:
-        await wait_for(lambda: "will retry" in process_log(path), timeout=20)
+        await wait_for(lambda: "not reachable" in process_log(path), timeout=20)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 20) == 0
     finally:

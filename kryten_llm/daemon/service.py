@@ -31,6 +31,8 @@ from kryten_llm import __version__
 from kryten_llm._bus import Client, raw_nats, really_connected
 from kryten_llm.config import ChannelSettings, ConfigError, Settings
 from kryten_llm.context import load_current_media
+from kryten_llm.daemon.banner import log_banner
+from kryten_llm.daemon.connect import BusAuthError, BusWaiter
 from kryten_llm.daemon.dispatch import Dispatcher
 from kryten_llm.daemon.listener import MessageListener
 from kryten_llm.daemon.reload import load_for_reload
@@ -163,6 +165,7 @@ class LLMService:
         settings = self.settings
         stack = self._exit
         set_secrets(configured_secrets(settings))
+        log_banner(settings, self.config_path, self.dry_run)
         await self.response_log.start()
         stack.push_async_callback(self.response_log.close)
         self.client = Client(
@@ -200,11 +203,17 @@ class LLMService:
     async def _connect(self, client: Client) -> bool:
         """Connect, waiting out a NATS server that is not up yet (at boot, during its restart).
 
-        nats-py retries the first connection forever (kryten-py asks for unlimited attempts,
-        logging each failure); we keep that wait interruptible by SIGTERM and tell systemd the
-        start is still in progress, so a long NATS outage does not get the bot killed by
-        `TimeoutStartSec` or spend its start limit.
+        First a probe (`daemon/connect.py`) waits, with backoff and a quiet log, until a
+        server accepts us, and raises `BusAuthError` if one refuses our credentials. Then
+        kryten-py connects. nats-py would retry that first connection forever too (kryten-py
+        asks for unlimited attempts, logging each failure): both waits stay interruptible by
+        SIGTERM and tell systemd the start is still in progress, so a long NATS outage does
+        not get the bot killed by `TimeoutStartSec` or spend its start limit.
         """
+        waiter = BusWaiter(self.settings.nats, self._stop, on_wait=self._waiting_for_bus)
+        if not await waiter.wait():
+            log.info("stopped while waiting for NATS")
+            return False
         connecting = asyncio.ensure_future(client.connect())
         stopping = asyncio.ensure_future(self._stop.wait())
         waited = 0.0
@@ -231,6 +240,14 @@ class LLMService:
                 self.notifier.status(f"waiting for NATS at {self.settings.nats.url}")
         finally:
             stopping.cancel()
+
+    def _waiting_for_bus(self, delay_seconds: float, status: str) -> None:
+        """Keep systemd's start timeout ahead of the next probe, and say why we wait."""
+        servers = len(self.settings.nats.server_list())
+        probe_seconds = servers * (self.settings.nats.connect_timeout_seconds + 1)
+        extend_usec = int((delay_seconds + probe_seconds) * 2 * 1_000_000)
+        self.notifier.notify(f"EXTEND_TIMEOUT_USEC={extend_usec}")
+        self.notifier.status(status)
 
     def _build_pipeline(
         self, settings: Settings, session: aiohttp.ClientSession, store: StateStore
@@ -527,6 +544,11 @@ async def run_service(
     service.install_signal_handlers()
     try:
         started = await service.start()
+    except BusAuthError as exc:
+        log.error("%s", exc)  # one line: what was refused, where, and what to check
+        service.notifier.status(str(exc))
+        await service.stop()
+        return 1
     except Exception as exc:
         log.error("could not start: %s: %s", exc.__class__.__name__, exc)
         await service.stop()

@@ -51,11 +51,14 @@ def start_nats_server(
     monitor: bool = False,
     port: int = 0,
     jetstream: bool = True,
+    user: str | None = None,
+    password: str | None = None,
 ) -> NatsServer:
     """Start the server and wait until it accepts connections (blocking: call off the loop).
 
     `port` 0 picks a free one. `jetstream=False` starts it without JetStream, as a server
-    whose operator never enabled it (what the durable state layer must survive).
+    whose operator never enabled it (what the durable state layer must survive). `user` and
+    `password` make it require them (`--user`/`--pass`), as a production server would.
     """
     binary = nats_server_binary()
     if binary is None:
@@ -68,6 +71,8 @@ def start_nats_server(
         args += ["-js", "-sd", store.name]
     if monitor_port:
         args += ["-m", str(monitor_port)]
+    if user is not None:
+        args += ["--user", user, "--pass", password or ""]
     process = subprocess.Popen(
         args,
         stdout=subprocess.DEVNULL,
