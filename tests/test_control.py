@@ -158,7 +158,11 @@ async def test_status_and_health_need_no_token(nats_server: NatsServer) -> None:
         status, _ = await rig.ask("status")
         assert status is not None
         assert status["status"] == "degraded"
-        assert status["reasons"] == ["provider.main: circuit breaker open"]
+        assert status["reasons"] == [
+            "provider.main: circuit breaker open",
+            "llm: no usable provider for cytu.be/testchan, cytu.be/other "
+            "(main: circuit breaker open)",
+        ]
         assert status["instance_id"] == "test-1"
         assert status["channels"] == [
             {"domain": "cytu.be", "channel": "testchan"},

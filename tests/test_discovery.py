@@ -157,7 +157,10 @@ async def test_heartbeat_reports_degraded_health(nats_server: NatsServer) -> Non
             await client.disconnect()
     beat = seen.on("kryten.service.heartbeat")[0].payload
     assert beat["status"] == "degraded"
-    assert beat["reasons"] == ["provider.main: circuit breaker open"]
+    assert beat["reasons"] == [
+        "provider.main: circuit breaker open",
+        "llm: no usable provider for cytu.be/testchan (main: circuit breaker open)",
+    ]
     assert beat["instance_id"]  # the default `<hostname>-<pid>`
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -46,6 +48,10 @@ class StaticStatus:
     def provider_states(self) -> Mapping[str, Mapping[str, Any]]:
         return self.providers
 
+    def provider_chains(self) -> Mapping[str, Sequence[str]]:
+        """Every channel walks every provider, in name order (chains get their own tests)."""
+        return {f"{c.domain}/{c.channel}": sorted(self.providers) for c in self.channel_list}
+
     def limiter_saturation(self) -> float:
         return self.saturation
 
@@ -76,7 +82,10 @@ class ManagerStatus(StaticStatus):
         self.manager = manager
 
     def provider_states(self) -> Mapping[str, Mapping[str, Any]]:
-        return self.manager.breaker_states()
+        return self.manager.provider_status()
+
+    def provider_chains(self) -> Mapping[str, Sequence[str]]:
+        return {f"{c.domain}/{c.channel}": self.manager.order() for c in self.channel_list}
 
 
 class BrokenStatus(StaticStatus):
@@ -217,7 +226,8 @@ def test_monitor_logs_each_change_once(caplog: pytest.LogCaptureFixture) -> None
     monitor.check()
     monitor.check()
     assert changes()[1:] == [
-        "health changed: healthy -> degraded (provider.main: circuit breaker open)"
+        "health changed: healthy -> degraded (provider.main: circuit breaker open; "
+        "llm: no usable provider for cytu.be/testchan (main: circuit breaker open))"
     ]
     status.providers = {"main": {"state": "closed"}}
     monitor.check()
@@ -276,3 +286,162 @@ async def test_really_connected_reads_the_real_connection(nats_server: Any) -> N
     finally:
         await client.disconnect()
     assert really_connected(client) is False
+
+
+# --- a channel's chain: no usable provider is degraded, and says why ----------------------
+
+
+def test_a_chain_without_a_usable_provider_is_degraded_and_names_why() -> None:
+    status = StaticStatus(
+        providers={
+            "hosted": {
+                "state": "closed",
+                "usable": False,
+                "unusable": "API key variable OPENROUTER_API_KEY is not set",
+                "key": "unset: OPENROUTER_API_KEY",
+            },
+            "local": {"state": "open", "usable": False, "unusable": "circuit breaker open"},
+        }
+    )
+    report = assess(status)
+    assert report.status == "degraded"
+    assert report.components["llm"].reason == (
+        "no usable provider for cytu.be/testchan (hosted: API key variable "
+        "OPENROUTER_API_KEY is not set; local: circuit breaker open)"
+    )
+    hosted = report.to_dict()["components"]["provider.hosted"]
+    assert hosted["status"] == "degraded" and hosted["key"] == "unset: OPENROUTER_API_KEY"
+    status.providers["local"] = {"state": "closed", "usable": True}
+    report = assess(status)
+    assert report.components["llm"].status == "ok"  # one usable provider is enough...
+    assert report.status == "degraded"  # ...but the unusable one is still reported
+
+
+def test_a_disabled_provider_is_ok_and_not_counted_as_usable() -> None:
+    status = StaticStatus(
+        providers={
+            "off": {"state": "closed", "enabled": False, "usable": False, "unusable": "disabled"},
+            "main": {"state": "closed", "usable": True},
+        }
+    )
+    report = assess(status)
+    assert report.status == "healthy"
+    assert report.to_dict()["components"]["provider.off"]["enabled"] is False
+
+
+async def test_the_manager_knows_an_unset_key_and_a_failed_check_until_a_call_works(
+    fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.fake_providers import FakeProvider
+    from tests.support.nats_server import free_port
+
+    monkeypatch.delenv("KLLM_HEALTH_KEY", raising=False)
+    dead_port = free_port()
+    providers = {
+        "keyless": ProviderSettings(base_url=fake_llm.base_url, api_key_env="KLLM_HEALTH_KEY"),
+        "dead": ProviderSettings(
+            base_url=f"http://127.0.0.1:{dead_port}/v1", model="fake-model", priority=200
+        ),
+        "live": ProviderSettings(base_url=fake_llm.base_url, model="m", priority=300),
+    }
+    async with aiohttp.ClientSession() as session:
+        manager = LLMManager(providers, LLMSettings(health_check_timeout_seconds=2), session)
+        await manager.check_all()
+        status = manager.provider_status()
+        assert status["keyless"]["unusable"] == "API key variable KLLM_HEALTH_KEY is not set"
+        assert status["keyless"]["key"] == "unset: KLLM_HEALTH_KEY"
+        assert str(status["dead"]["unusable"]).startswith("availability check failed (connect")
+        assert status["live"]["usable"] is True and status["live"]["check"] == "ok"
+        monkeypatch.setenv("KLLM_HEALTH_KEY", "sk-test-now-it-is-set-0123456789")
+        assert manager.provider_status()["keyless"]["usable"] is True
+        # The dead provider's server comes back: the first call that works clears the check.
+        revived = await FakeProvider(kind="openai_compatible", port=dead_port).start()
+        try:
+            assert manager.provider_status()["dead"]["usable"] is False
+            request = LLMRequest("s", (ChatMessage("user", "hi"),))
+            await manager.complete(request, preferred="dead")
+            assert manager.provider_status()["dead"]["usable"] is True
+        finally:
+            await revived.stop()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[Any]:
+    from tests.test_service_lifecycle import NotifySocket
+
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+@pytest.mark.slow
+async def test_health_and_heartbeat_say_degraded_with_every_provider_down(
+    nats_server: Any, tmp_path: Path, notify_socket: Any
+) -> None:
+    """The real command: one provider's key variable unset, the other's server gone."""
+    import json
+
+    import nats
+
+    from tests.support.fake_providers import closed_port_url
+    from tests.support.nats_server import free_port
+    from tests.support.service import base_config, merge
+    from tests.test_service_lifecycle import start_process, wait_for, write_config
+
+    port = free_port()
+    config = merge(
+        base_config(nats_server.url, closed_port_url("openai_compatible")),
+        {
+            "response_log": {"path": str(tmp_path / "r.jsonl")},
+            "metrics": {"port": port},
+            "service": {"heartbeat_interval_seconds": 5},
+            "llm_providers": {
+                "hosted": {
+                    "type": "openrouter",
+                    "base_url": "https://openrouter.ai/api/v1",
+                    "api_key_env": "KLLM_HEALTH_UNSET_KEY",
+                    "priority": 1,
+                }
+            },
+        },
+    )
+    path = tmp_path / "config.json"
+    write_config(path, config)
+    path.chmod(0o600)
+    beats: list[dict[str, Any]] = []
+    nc = await nats.connect(nats_server.url)
+
+    async def on_beat(msg: Any) -> None:
+        beats.append(json.loads(msg.data))
+
+    await nc.subscribe("kryten.service.heartbeat", cb=on_beat)
+    process = start_process(path, {"NOTIFY_SOCKET": notify_socket.path})
+    health: dict[str, Any] = {}
+    try:
+        await wait_for(lambda: "READY=1" in notify_socket.states(), timeout=30)
+
+        async def fetch() -> None:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/health") as resp,
+            ):
+                health.update(await resp.json())
+
+        deadline = asyncio.get_running_loop().time() + 20
+        while "availability check failed" not in json.dumps(health):
+            assert asyncio.get_running_loop().time() < deadline, health
+            await fetch()
+            await asyncio.sleep(0.2)
+        await wait_for(lambda: any(b["status"] == "degraded" for b in beats), timeout=15)
+    finally:
+        process.terminate()
+        await asyncio.to_thread(process.wait, 20)
+        await nc.close()
+    assert health["status"] == "degraded"
+    llm = health["components"]["llm"]
+    assert llm["status"] == "degraded"
+    assert "no usable provider for cytu.be/420grindhouse, example.net/lounge" in llm["reason"]
+    assert "hosted: API key variable KLLM_HEALTH_UNSET_KEY is not set" in llm["reason"]
+    assert "fake: availability check failed (connect" in llm["reason"]
+    beat = next(b for b in beats if b["status"] == "degraded")
+    assert any(r.startswith("llm: no usable provider") for r in beat["reasons"])

@@ -464,7 +464,13 @@ class LLMService:
         return really_connected(self.client)
 
     def provider_states(self) -> Mapping[str, Mapping[str, Any]]:
-        return self.llm.breaker_states()
+        return self.llm.provider_status()
+
+    def provider_chains(self) -> Mapping[str, Sequence[str]]:
+        """Every channel walks the same chain today; keyed per channel, so health can say
+        which channels are left without a usable provider."""
+        chain = self.llm.order()
+        return {str(c.key): chain for c in self.settings.channels}
 
     def limiter_saturation(self) -> float:
         """The hourly reply budget used, worst channel first (a spent minute is routine)."""

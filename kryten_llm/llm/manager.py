@@ -66,6 +66,16 @@ Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
 
+@dataclass(frozen=True, slots=True)
+class AvailabilityCheck:
+    """One provider's start-up availability check (`LLMManager.check_all`)."""
+
+    ok: bool
+    detail: str
+    at: float
+    """Wall-clock time, comparable with the breaker's `last_success_at`."""
+
+
 class LLMUnavailable(Exception):
     """No provider produced a reply; `attempts` says who was tried and how each failed."""
 
@@ -339,6 +349,8 @@ class LLMManager:
         self.llm = llm
         self._providers: dict[str, Provider] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._checks: dict[str, AvailabilityCheck] = {}
+        """The last availability check of each provider (`check_all`), kept for health."""
         self._policy = BreakerPolicy.of(llm)
         self.reconfigure(providers, llm)
 
@@ -348,7 +360,10 @@ class LLMManager:
         """Hot reload: new provider objects; breakers survive for names that still exist."""
         self.llm = llm
         self._policy = BreakerPolicy.of(llm)
+        old = {name: p.settings for name, p in self._providers.items()}
         self._providers = {name: build_provider(name, s) for name, s in providers.items()}
+        # A check says something only about the settings it was made with.
+        self._checks = {n: c for n, c in self._checks.items() if old.get(n) == providers.get(n)}
         self._breakers = {
             name: self._breakers.get(name) or CircuitBreaker(self._policy, self.clock)
             for name in providers
@@ -369,6 +384,51 @@ class LLMManager:
         """Per provider: `state` (closed/open/half_open), failure rate, last success/failure."""
         return {name: b.snapshot() for name, b in self._breakers.items()}
 
+    def provider_status(self) -> dict[str, dict[str, object]]:
+        """Per provider: the breaker snapshot, plus `enabled`, `key` (its status, never its
+        value), `check` (the last availability check), and whether it is `usable` now, with
+        the reason it is not (`unusable`). Cheap: health reads it at every heartbeat."""
+        status: dict[str, dict[str, object]] = {}
+        for name, provider in self._providers.items():
+            snapshot = self.breaker(name).snapshot()
+            check = self._checks.get(name)
+            problem = self.unusable_reason(name, snapshot)
+            snapshot.update(
+                enabled=provider.settings.enabled,
+                key=provider.settings.key_status().describe(),
+                usable=problem is None,
+            )
+            if check is not None:
+                snapshot["check"] = "ok" if check.ok else f"failed: {check.detail}"
+            if problem is not None:
+                snapshot["unusable"] = problem
+            status[name] = snapshot
+        return status
+
+    def unusable_reason(self, name: str, snapshot: dict[str, object] | None = None) -> str | None:
+        """Why a reply cannot use this provider now, or None when it can.
+
+        Unusable: disabled; its `api_key_env` names an unset variable; its breaker is open;
+        or its last availability check failed and no call has succeeded since.
+        """
+        provider = self._providers[name]
+        settings = provider.settings
+        state = snapshot if snapshot is not None else self.breaker(name).snapshot()
+        if not settings.enabled:
+            return "disabled"
+        key = settings.key_status()
+        if key.missing:
+            return f"API key variable {key.variable} is not set"
+        if state.get("state") == "open":
+            return "circuit breaker open"
+        check = self._checks.get(name)
+        last_success = state.get("last_success_at")
+        if check is not None and not check.ok:
+            recovered = isinstance(last_success, float) and last_success >= check.at
+            if not recovered:
+                return f"availability check failed ({check.detail})"
+        return None
+
     async def check_all(self) -> dict[str, tuple[bool, str]]:
         """Probe every enabled provider's models endpoint and log the result; never raises."""
         enabled = [p for p in self._providers.values() if p.settings.enabled]
@@ -382,6 +442,7 @@ class LLMManager:
                 ok, detail = await provider.check_availability(self.session, timeout)
         except TimeoutError:
             ok, detail = False, f"timeout: no answer within {timeout:g}s"
+        self._checks[provider.name] = AvailabilityCheck(ok, detail, time.time())
         level = logging.INFO if ok else logging.WARNING
         log.log(
             level,

@@ -10,8 +10,14 @@ Rules (each component gets `ok`, `degraded` or `failing`; the overall state is t
   sticky flag) -> `ok`, otherwise `failing`: the bot hears nothing and can say nothing, and a
   publish is only buffered.
 - **provider.<name>**: circuit breaker `closed` -> `ok`; `half_open` (probing after a cool-down)
-  or `open` -> `degraded`; an unreadable state -> `degraded`. Even with every provider open the
-  overall state is only `degraded`: the breakers re-probe by themselves and a restart would not
+  or `open` -> `degraded`; an unreadable state -> `degraded`. A closed breaker is still
+  `degraded` when the provider is not usable (`unusable`: its `api_key_env` names an unset
+  variable, or its availability check failed and no call has succeeded since). A disabled
+  provider is `ok` (it is deliberate) and listed as such.
+- **llm**: per channel, the chain of providers a reply walks (`provider_chains`); a channel
+  whose chain holds no usable provider -> `degraded`, naming the channels and why each provider
+  is unusable. Even with no provider usable anywhere the overall state is only `degraded`: a key
+  can be set and a reload applied, breakers re-probe by themselves and a restart would not
   help, while `failing` means the process itself cannot work.
 - **rate_limiter**: highest saturation across channels (replies / budget) at or above
   `LIMITER_DEGRADED_SATURATION` -> `degraded` (replies are about to be, or are being, held back).
@@ -72,7 +78,12 @@ class StatusSource(Protocol):
         ...
 
     def provider_states(self) -> Mapping[str, Mapping[str, Any]]:
-        """`LLMManager.breaker_states()`: per provider `state`, `last_success_at`, ..."""
+        """`LLMManager.provider_status()`: per provider the breaker `state`,
+        `last_success_at`, ..., and `usable` with the reason (`unusable`) when it is not."""
+        ...
+
+    def provider_chains(self) -> Mapping[str, Sequence[str]]:
+        """Per channel (`domain/channel`), the providers a reply there tries, in order."""
         ...
 
     def limiter_saturation(self) -> float:
@@ -177,6 +188,16 @@ def provider_component(state: Mapping[str, Any] | Any) -> Component:
     last_error = state.get("last_error")
     if isinstance(last_error, str):
         detail["last_error"] = last_error[:80]
+    for name in ("key", "check"):
+        value = state.get(name)
+        if isinstance(value, str):
+            detail[name] = value[:160]
+    if state.get("enabled") is False:
+        return Component("ok", {**detail, "enabled": False})
+    unusable = state.get("unusable")
+    if breaker == "closed" and state.get("usable") is False:
+        why = unusable[:160] if isinstance(unusable, str) else "not usable"
+        return Component("degraded", detail, why)
     if breaker == "closed":
         return Component("ok", detail)
     if breaker == "half_open":
@@ -194,6 +215,46 @@ def provider_components(source: StatusSource) -> dict[str, Component]:
     if not states:
         return {"providers": Component("degraded", reason="no provider configured")}
     return {f"provider.{name}": provider_component(state) for name, state in states.items()}
+
+
+def usable(state: Mapping[str, Any] | Any) -> bool:
+    """Whether a reply can use a provider: its own verdict, else a breaker that is not open."""
+    if not isinstance(state, Mapping):
+        return False
+    verdict = state.get("usable")
+    if isinstance(verdict, bool):
+        return verdict
+    return state.get("state") in ("closed", "half_open")
+
+
+def chain_component(source: StatusSource) -> Component:
+    """`degraded` when some channel's chain holds no usable provider (see the module doc)."""
+    try:
+        chains = {str(k): [str(n) for n in v] for k, v in source.provider_chains().items()}
+        states = dict(source.provider_states())
+    except Exception as exc:
+        return _probe_failed("llm", exc)
+    stranded: dict[tuple[str, ...], list[str]] = {}
+    for channel, chain in chains.items():
+        if not any(usable(states.get(name)) for name in chain):
+            stranded.setdefault(tuple(chain), []).append(channel)
+    detail: dict[str, Any] = {"chains": chains}
+    if not stranded:
+        return Component("ok", detail)
+    reasons = []
+    for members, channels in stranded.items():
+        why = "; ".join(f"{name}: {_why_unusable(states.get(name))}" for name in members)
+        reasons.append(f"{', '.join(channels)} ({why or 'no provider in the chain'})")
+    return Component("degraded", detail, "no usable provider for " + " / ".join(reasons))
+
+
+def _why_unusable(state: Mapping[str, Any] | Any) -> str:
+    if not isinstance(state, Mapping):
+        return "unknown provider"
+    reason = state.get("unusable")
+    if isinstance(reason, str):
+        return reason[:160]
+    return f"circuit breaker {state.get('state')}"
 
 
 def limiter_component(source: StatusSource) -> Component:
@@ -271,6 +332,7 @@ def assess(source: StatusSource) -> HealthReport:
     """Apply the rules in the module docstring; never raises."""
     components: dict[str, Component] = {"nats": nats_component(source)}
     components.update(provider_components(source))
+    components["llm"] = chain_component(source)
     components["rate_limiter"] = limiter_component(source)
     components["queue"] = queue_component(source)
     components["channels"] = channels_component(source)
