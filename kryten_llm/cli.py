@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from kryten_llm.tools.demo import run_demo
 
-        return asyncio.run(run_demo(settings, log_level, lines=args.lines))
+        return asyncio.run(run_demo(settings, log_level, lines=args.lines, config_path=args.config))
     from kryten_llm.daemon.service import run_service
 
     return asyncio.run(run_service(settings, log_level, args.config, args.dry_run))

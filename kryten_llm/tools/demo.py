@@ -4,26 +4,45 @@ It plays the Kryten bridge's part (publishing chat exactly as the bridge does an
 `say` commands the bot publishes back), so what you see is the production pipeline end to
 end. The model is a real one when the environment names one, otherwise the offline Markov
 stand-in, and the demo says which before it starts.
+
+`kryten-llm --config FILE demo` runs the operator's own personality, triggers and policy: the
+demo substitutes its own bus, channel and response log, keeps each provider that has a key and
+answers for every other one with the offline stand-in under the provider's own name, so a
+trigger's `provider`, `usage.cheaper_provider` and every `fallback` still resolve.
+
+Everything it starts (nats-server, the stand-in, the service) has its stop on one exit stack
+from the moment it starts, the nats-server's even while it is still starting, and SIGTERM
+cancels the demo as Ctrl-C does: no exit, by error or signal, leaves a process behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
+import shutil
+import signal
 import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import nats
 
-from kryten_llm.config import Settings, build_settings
+from kryten_llm.config import ChannelSettings, NatsSettings, ProviderSettings, Settings
 from kryten_llm.daemon.service import LLMService
 from kryten_llm.events import chat_subject
 from kryten_llm.logsetup import apply_level
-from kryten_llm.tools.natsd import start_nats_server
-from kryten_llm.tools.offline import OfflineLLMServer
+from kryten_llm.redact import redact_text
+from kryten_llm.tools.natsd import NatsServer, start_nats_server
+from kryten_llm.tools.offline import MODEL_NAME, OfflineLLMServer
 from kryten_llm.tools.simulate import chat_payload, envelope, media_payload
+
+log = logging.getLogger(__name__)
 
 DEMO_DOMAIN = "demo.local"
 DEMO_CHANNEL = "DemoTheater"
@@ -82,6 +101,16 @@ HOSTED_MODELS = (
 )
 
 
+OFFLINE_MODEL = DemoModel(
+    {"type": "openai_compatible", "base_url": "http://127.0.0.1:1/v1", "model": MODEL_NAME},
+    "providers without a key are answered by the offline stand-in: a Markov chain "
+    "(markovify) built from a small bundled corpus and the chat itself, served on loopback "
+    "as an OpenAI-compatible endpoint. It babbles; set a provider's key for a real model.",
+    offline=True,
+)
+"""The stand-in for providers without a key (its base URL is set once its server runs)."""
+
+
 def choose_model(env: dict[str, str]) -> DemoModel:
     """A real model if the environment names one, otherwise the offline stand-in."""
     for key_env, kind, base_url, default_model, who in HOSTED_MODELS:
@@ -107,30 +136,81 @@ def choose_model(env: dict[str, str]) -> DemoModel:
     )
 
 
-def demo_settings(base: Settings, nats_url: str, provider: dict[str, Any]) -> Settings:
-    """The operator's personality and triggers, with the demo's bus, channel and loose limits."""
-    data = base.model_dump(mode="json", exclude={"nats", "cytube", "llm_providers"})
-    data.update(
-        {
-            "nats": {"url": nats_url},
-            "cytube": {
-                "domain": DEMO_DOMAIN,
-                "channel": DEMO_CHANNEL,
-                "username": base.personality.character_name,
-            },
-            "llm_providers": {"demo": provider},
+def stand_in_for(provider: ProviderSettings, stand_in: dict[str, Any]) -> ProviderSettings:
+    """`provider` answered by the stand-in model, keeping its place in every chain.
+
+    Its name, enabled flag, priority and fallbacks stay, so triggers that prefer it, the
+    budget's cheaper provider and other providers' fallbacks still name it.
+    """
+    return ProviderSettings(
+        **stand_in,
+        enabled=provider.enabled,
+        priority=provider.priority,
+        fallback=provider.fallback,
+    )
+
+
+def demo_providers(
+    base: Settings, stand_in: dict[str, Any], keep_keyed: bool
+) -> tuple[dict[str, ProviderSettings], list[str]]:
+    """Every configured provider under its own name, and a line on what answers for each.
+
+    With `keep_keyed` (the operator's own config), a provider with a key to send stays as
+    configured and every other one is answered by the stand-in; without it (the embedded
+    defaults), the stand-in answers for all of them.
+    """
+    providers: dict[str, ProviderSettings] = {}
+    notes: list[str] = []
+    for name, provider in base.llm_providers.items():
+        key = provider.key_status()
+        if keep_keyed and key.present:
+            providers[name] = provider
+            notes.append(f"{name}: {provider.type} {provider.model} (key {key.describe()})")
+            continue
+        providers[name] = stand_in_for(provider, stand_in)
+        why = f"its key variable {key.variable} is not set" if key.missing else "no API key"
+        notes.append(f"{name}: the stand-in ({why})" if keep_keyed else f"{name}: the stand-in")
+    return providers, notes
+
+
+def demo_settings(
+    base: Settings, nats_url: str, providers: dict[str, ProviderSettings], log_dir: Path
+) -> Settings:
+    """The operator's personality, triggers and policy, with the demo's bus, channel, models,
+    a response log in `log_dir`, no metrics port to clash with, and loose limits.
+
+    Built with `model_copy` from parts that are each valid already: validating the whole
+    again would apply the `KRYTEN_LLM_*` environment on top, and could point the demo at
+    the operator's real bus.
+    """
+    return base.model_copy(
+        update={
+            "nats": NatsSettings(url=nats_url),
+            "cytube": [
+                ChannelSettings(
+                    domain=DEMO_DOMAIN,
+                    channel=DEMO_CHANNEL,
+                    username=base.personality.character_name,
+                )
+            ],
+            "llm_providers": providers,
+            "rate_limits": base.rate_limits.model_copy(
+                update={
+                    "global_max_per_minute": 30,
+                    "global_cooldown_seconds": 0,
+                    "user_cooldown_seconds": 0,
+                    "mention_cooldown_seconds": 0,
+                }
+            ),
+            "metrics": base.metrics.model_copy(update={"port": 0}),
+            "message_processing": base.message_processing.model_copy(
+                update={"split_delay_seconds": 0.3}
+            ),
+            "response_log": base.response_log.model_copy(
+                update={"path": log_dir / "responses.jsonl"}
+            ),
         }
     )
-    data["rate_limits"] = {
-        **data.get("rate_limits", {}),
-        "global_max_per_minute": 30,
-        "global_cooldown_seconds": 0,
-        "user_cooldown_seconds": 0,
-        "mention_cooldown_seconds": 0,
-    }
-    data["metrics"] = {**data.get("metrics", {}), "port": 0}  # never clash with a real bot
-    data["message_processing"] = {**data.get("message_processing", {}), "split_delay_seconds": 0.3}
-    return build_settings(data, "(demo)")
 
 
 class Transcript:
@@ -190,38 +270,109 @@ async def _play_script(nc: Any, transcript: Transcript, bot: str, lines: int) ->
             await asyncio.sleep(PAUSE_BETWEEN_LINES_SECONDS)
 
 
+async def _start_bus(stack: contextlib.AsyncExitStack) -> NatsServer:
+    """Start the private nats-server with its stop already on `stack`.
+
+    The server starts in a thread; if the demo is cancelled (Ctrl-C, SIGTERM) or fails while
+    it starts, the stop still waits for that start to finish and ends what it started, so no
+    exit leaves a nats-server behind.
+    """
+    starting = asyncio.ensure_future(asyncio.to_thread(start_nats_server))
+
+    async def stop() -> None:
+        try:
+            server = await starting
+        except Exception:  # it never started, so there is nothing to stop
+            return
+        await asyncio.to_thread(server.stop)
+
+    stack.push_async_callback(stop)
+    return await asyncio.shield(starting)
+
+
+def _catch_sigterm(task: asyncio.Task[Any] | None, caught: list[int]) -> Callable[[], None]:
+    """Install a SIGTERM handler that cancels the demo (as Ctrl-C does); returns its removal."""
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm() -> None:
+        caught.append(signal.SIGTERM)
+        if task is not None:
+            task.cancel()
+
+    def restore() -> None:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+        return lambda: None
+    return restore
+
+
 async def run_demo(
-    base: Settings, log_level: str, lines: int = len(SCRIPT), out: TextIO = sys.stdout
+    base: Settings,
+    log_level: str,
+    lines: int = len(SCRIPT),
+    out: TextIO = sys.stdout,
+    config_path: Path | None = None,
 ) -> int:
-    """Run the whole demo; the exit status for the CLI."""
-    model = choose_model(dict(os.environ))
-    bot = base.personality.character_name
-    transcript = Transcript(out, bot)
-    transcript.note(f"LLM: {model.description}")
+    """Run the whole demo; the exit status for the CLI (128 + the signal when stopped by one).
+
+    With `config_path` (the operator's own config) the demo keeps its personality, triggers
+    and policy and every provider that has a key; the others are answered by the offline
+    stand-in. Without one, the environment chooses the model (`choose_model`).
+    """
+    caught: list[int] = []
+    restore = _catch_sigterm(asyncio.current_task(), caught)
+    transcript = Transcript(out, base.personality.character_name)
     try:
-        server = await asyncio.to_thread(start_nats_server)
-    except RuntimeError as exc:
-        transcript.note(f"cannot start the bundled nats-server: {exc}")
+        return await _demo(base, log_level, lines, transcript, config_path)
+    except asyncio.CancelledError:
+        signum = caught[0] if caught else signal.SIGINT
+        transcript.note(f"stopped by {signal.Signals(signum).name}; everything it started is gone")
+        return 128 + signum
+    except Exception as exc:  # everything it started is stopped by now; say what failed
+        log.debug("the demo failed", exc_info=True)
+        transcript.note(f"failed: {type(exc).__name__}: {redact_text(str(exc))}")
         return 1
-    offline = await OfflineLLMServer().start() if model.offline else None
-    provider = dict(model.provider)
-    if offline is not None:
-        provider["base_url"] = offline.base_url
-    transcript.note(f"nats-server on {server.url}; channel {DEMO_DOMAIN}/{DEMO_CHANNEL}")
-    service = LLMService(demo_settings(base, server.url, provider), log_level)
-    nc = None
-    try:
+    finally:
+        restore()
+
+
+async def _demo(
+    base: Settings,
+    log_level: str,
+    lines: int,
+    transcript: Transcript,
+    config_path: Path | None,
+) -> int:
+    bot = base.personality.character_name
+    model = OFFLINE_MODEL if config_path is not None else choose_model(dict(os.environ))
+    async with contextlib.AsyncExitStack() as stack:
+        stand_in = dict(model.provider)
+        if model.offline:
+            offline = await OfflineLLMServer().start()
+            stack.push_async_callback(offline.stop)
+            stand_in["base_url"] = offline.base_url
+        providers, notes = demo_providers(base, stand_in, keep_keyed=config_path is not None)
+        transcript.note(f"LLM: {model.description}")
+        for note in notes:
+            transcript.note(f"  {note}")
+        try:
+            server = await _start_bus(stack)
+        except RuntimeError as exc:
+            transcript.note(f"cannot start the bundled nats-server: {exc}")
+            return 1
+        log_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="kryten-llm-demo-"))
+        stack.push_async_callback(asyncio.to_thread, shutil.rmtree, log_dir, True)
+        transcript.note(f"nats-server on {server.url}; channel {DEMO_DOMAIN}/{DEMO_CHANNEL}")
+        service = LLMService(demo_settings(base, server.url, providers, log_dir), log_level)
+        stack.push_async_callback(service.stop)
         await service.start()
         apply_level(log_level)
         nc = await nats.connect(server.url)
+        stack.push_async_callback(nc.close)
         await nc.subscribe("kryten.robot.command", cb=transcript.on_command)
         await _play_script(nc, transcript, bot, max(1, min(lines, len(SCRIPT))))
         transcript.note(f"done: the bot sent {transcript.replies} chat line(s)")
         return 0 if transcript.replies else 1
-    finally:
-        if nc is not None:
-            await nc.close()
-        await service.stop()
-        if offline is not None:
-            await offline.stop()
-        await asyncio.to_thread(server.stop)
