@@ -59,6 +59,21 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="start a local NATS server, the bot and a scripted chat, and show it talk"
     )
     demo.add_argument("--lines", type=int, default=8, help="how many scripted chat lines")
+    sub.add_parser(
+        "check",
+        help="probe the bus (credentials, KV buckets) and every provider with a real "
+        "completion; exit 0 only if the bus and each chain's first provider work",
+    )
+    ask = sub.add_parser(
+        "ask",
+        help="one chat line through the bot's decisions, prompt, providers and formatter, "
+        "without a bus: what it would say, or why not",
+    )
+    ask.add_argument("text", help="the chat line, as a user would type it")
+    ask.add_argument("--user", default="Tester", help="who says it (default Tester)")
+    ask.add_argument("--channel", help="configured channel, name or domain/name (default: first)")
+    ask.add_argument("--show-prompt", action="store_true", help="print every prompt sent")
+    ask.add_argument("--seed", type=int, help="seed for the trigger-word dice (default: random)")
     stats = sub.add_parser("stats", help="summarise a JSONL response log")
     stats.add_argument("logfile", type=Path)
     stats.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw charts")
@@ -122,6 +137,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.validate_config:
         return validate_config(args.config, args.log_format, args.dry_run)
+    if args.command == "check":
+        from kryten_llm.tools.check import run_check
+
+        return run_check(args.config, args.log_level)
+    if args.command == "ask":
+        from kryten_llm.tools.ask import run_ask
+
+        return run_ask(
+            args.config,
+            args.text,
+            args.user,
+            args.channel,
+            args.show_prompt,
+            args.seed,
+            args.log_level,
+        )
     if args.command == "stats":
         from kryten_llm.tools.stats import run_stats
 

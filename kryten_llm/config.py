@@ -1025,7 +1025,7 @@ def missing_key_warnings(providers: dict[str, ProviderSettings]) -> list[str]:
     """
     return [
         f"LLM provider {name!r}: api_key_env names {p.api_key_env}, which is not set in this "
-        "environment; the provider cannot be called until it is"
+        "environment; its calls fail until it is"
         for name, p in providers.items()
         if p.enabled and p.key_status().missing
     ]

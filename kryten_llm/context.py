@@ -173,6 +173,11 @@ class ContextManager:
         return ContextSnapshot(video=ctx.video, chat=tuple(ctx.chat), conversation=conversation)
 
 
+def playlist_bucket(channel: str) -> str:
+    """The bridge's KV bucket for a channel's playlist (raw channel case, no domain)."""
+    return f"kryten_{channel}_playlist"
+
+
 async def load_current_media(
     connection: NatsClient, channel: ChannelSettings, timeout_seconds: float
 ) -> MediaChange | None:
@@ -180,7 +185,7 @@ async def load_current_media(
 
     None when there is none yet or it cannot be read: changeMedia events fill it in later.
     """
-    bucket = f"kryten_{channel.channel}_playlist"
+    bucket = playlist_bucket(channel.channel)
     try:
         async with asyncio.timeout(timeout_seconds):
             kv = await connection.jetstream().key_value(bucket)

@@ -104,6 +104,8 @@ def test_readme_names_the_commands_it_promises() -> None:
         "--dry-run",
         "kryten-llm stats",
         "kryten-llm replay",
+        "check",
+        "kryten-llm --config config.json ask",
     ):
         assert command in readme, command
 

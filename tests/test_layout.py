@@ -140,3 +140,27 @@ def test_no_absolute_workstation_paths_in_the_repository() -> None:
         text = path.read_text(encoding="utf-8", errors="replace")
         hits += [f"{name.decode()}: {m.group(0)}" for m in WORKSTATION_PATH.finditer(text)]
     assert hits == []
+
+
+OPERATOR_COMMANDS = ("demo", "check", "ask", "stats", "replay")
+"""`kryten-llm` subcommands beside `run`: each is a tool, implemented in `tools/<name>.py`."""
+
+
+def test_operator_commands_live_in_tools_and_load_only_when_asked_for() -> None:
+    """`check`, `ask` and the others are tools: the daemon never needs them, and `run` does
+    not pay for importing them (start-up time is measured, docs/BENCHMARKS.md)."""
+    tree = ast.parse((PACKAGE / "cli.py").read_text(encoding="utf-8"))
+    top_level = {
+        node.module
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module is not None
+    }
+    assert not any(m.startswith("kryten_llm.tools") for m in top_level), top_level
+    lazy = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node not in tree.body
+    }
+    for command in OPERATOR_COMMANDS:
+        assert (PACKAGE / "tools" / f"{command}.py").is_file(), command
+        assert f"kryten_llm.tools.{command}" in lazy, command
