@@ -1,8 +1,12 @@
 """The kryten-llm benchmark: the real service, a real nats-server, bridge-exact traffic.
 
-    python -m benchmarks.run            # full: the figures in docs/BENCHMARKS.md (~3-4 min)
-    python -m benchmarks.run --quick    # smoke run with smaller numbers (~1 min)
+    python -m benchmarks.run            # full: the figures in docs/BENCHMARKS.md
+    python -m benchmarks.run --quick    # smoke run with smaller numbers
     python benchmarks/run.py --json out.json
+
+A standard run (every measurement, no variant, no --set, the default ladder, no profiler)
+records its figures and wall time in benchmarks/results.json and regenerates the current
+results in docs/BENCHMARKS.md from it (`benchmarks/results.py`); `--no-record` skips that.
 
 What runs: a private nats-server (`kryten_llm.tools.natsd`); two local OpenAI-compatible servers in
 this process (`benchmarks.fakellm`: one instant, one that waits 2 s); the service as its own
@@ -49,6 +53,7 @@ from kryten_llm.tools.simulate import chat_payload, envelope
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import results
 from benchmarks.fakellm import TOKEN, BenchLLM
 from benchmarks.service_variant import VARIANTS
 from benchmarks.spy import Recorder, py_spy, summarise
@@ -854,6 +859,11 @@ def figures(d: dict[str, Any], scale: Scale) -> list[Figure]:
     return out
 
 
+def figure_records(figs: list[Figure]) -> list[dict[str, Any]]:
+    """The figures as JSON objects, verdict included: for `--json` and `results.json`."""
+    return [asdict(f) | {"passed": f.passed} for f in figs]
+
+
 def _loss_text(flood: dict[str, Any]) -> str:
     causes = [f"{name} x{n}" for name, n in flood["loss_log_lines"].items() if n]
     if not flood["answered"]:
@@ -938,7 +948,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="also write every detail here as JSON")
     parser.add_argument("--log-dir", type=Path, help="keep each service's log and config here")
+    parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not record a standard run in benchmarks/results.json and docs/BENCHMARKS.md",
+    )
     return parser.parse_args(argv)
+
+
+ALL_MEASUREMENTS = frozenset({"startup", "overhead", "throughput", "concurrent", "memory"})
+
+
+def standard_run(args: argparse.Namespace) -> bool:
+    """A run whose figures stand for the code as it is: all of them, nothing changed."""
+    only = frozenset(s.strip() for s in args.only.split(",") if s.strip())
+    return (
+        only == ALL_MEASUREMENTS
+        and not args.variant
+        and not args.set
+        and not args.rates
+        and not args.memory_rate
+        and args.profile is None
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -969,8 +1000,18 @@ def main(argv: list[str] | None = None) -> int:
             "this machine will inflate the timings",
             flush=True,
         )
+    measured_commit = results.commit()
+    started = time.monotonic()
     report = asyncio.run(run(scale, options))
+    wall_seconds = time.monotonic() - started
     print(table(report.figures))
+    print(f"wall time {results.duration(wall_seconds)}", flush=True)
+    if standard_run(args) and not args.no_record:
+        run_entry = results.entry(
+            figure_records(report.figures), info, wall_seconds, measured_commit
+        )
+        results.update_doc(results.record(scale.name, run_entry))
+        print("recorded in benchmarks/results.json; docs/BENCHMARKS.md regenerated", flush=True)
     if args.profile is not None:
         for path in sorted(args.profile.glob("*.txt")):
             print("\n" + summarise(path))
@@ -980,7 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
             "variant": args.variant,
             "overrides": args.set,
             "machine": info,
-            "figures": [asdict(f) | {"passed": f.passed} for f in report.figures],
+            "figures": figure_records(report.figures),
             "details": report.details,
         }
         args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")

@@ -130,3 +130,52 @@ def test_readme_lists_every_chat_command() -> None:
     for name in ALL_COMMANDS:
         shown = "!chat <question>" if name == "ask" else f"!chat {name}"
         assert f"| `{shown}" in readme, name
+
+
+def test_the_benchmark_results_in_the_docs_are_the_recorded_ones() -> None:
+    """docs/BENCHMARKS.md shows exactly what the last recorded runs wrote."""
+    from benchmarks import results
+
+    doc = (ROOT / "docs" / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert results.current_section(doc) == results.render_section(results.load()), (
+        "run: python -m benchmarks.results"
+    )
+
+
+def test_a_recorded_run_is_what_the_section_shows(tmp_path: Path) -> None:
+    """The path a standard run takes: its figures, recorded, rendered; the other scale kept."""
+    from benchmarks import results
+    from benchmarks.run import Figure, figure_records
+
+    figures = [
+        Figure("RSS after 100,000 messages", 79.46, "MiB", 80.0, note="none lost; quick scale"),
+        Figure("non-triggering chat, sustained with none lost", 27479.2, "msg/s", 20000, True),
+        Figure("overhead p50 (mention -> say, minus LLM)", None, "ms", 2.0, note="a|b"),
+    ]
+    machine = {"nproc": 2, "cpu_model": "AMD EPYC", "python": "3.11.7", "load_average_1min": 0.3}
+    path = tmp_path / "results.json"
+    results.record("full", results.entry([], machine, 300, "aaaaaaa", "2026-12-01"), path)
+    quick = results.entry(figure_records(figures), machine, 35.2, "bbbbbbb", "2026-12-02")
+    recorded = results.record("quick", quick, path)
+    assert set(recorded) == {"full", "quick"}
+    section = results.render_section(results.load(path))
+    assert (
+        "**Full run** (`python -m benchmarks.run`): commit aaaaaaa, 2026-12-01, took 5 min 00 s"
+        in section
+    )
+    assert (
+        "**Quick run** (`python -m benchmarks.run --quick`): commit bbbbbbb, 2026-12-02, "
+        "took 35 s, on 2 x AMD EPYC, Python 3.11.7, load average 0.30 at start."
+    ) in section
+    assert (
+        "| RSS after 100,000 messages | 79.5 MiB | <= 80 MiB | PASS | none lost; quick scale |"
+        in (section)
+    )
+    assert "| 27,479 msg/s | >= 20,000 msg/s | PASS |" in section
+    assert "| n/a | <= 2 ms | FAIL | a\\|b |" in section
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"intro\n{results.render_section({})}outro\n", encoding="utf-8")
+    results.update_doc(results.load(path), doc)
+    updated = doc.read_text(encoding="utf-8")
+    assert updated.startswith("intro\n") and updated.endswith("outro\n")
+    assert results.current_section(updated) == section
