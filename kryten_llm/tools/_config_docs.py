@@ -37,7 +37,8 @@ hand. A worked example with comments is `config.example.json`.
   `{ENV_PREFIX}NATS_PASSWORD`, `{ENV_PREFIX}NATS_TOKEN`, `{ENV_PREFIX}CONTROL_TOKEN`. They are
   never printed, logged or written to the response log.
 - **Check** a file with `kryten-llm --config FILE --validate-config`: every problem is listed
-  with its field path and the offending value (secrets redacted); exit 0 when valid.
+  with its field path and the offending value (secrets redacted); exit 0 when valid. It stays
+  offline; `kryten-llm --config FILE check` then tries the bus and every provider for real.
 - **Hot reload** (SIGHUP, or the control `reload` endpoint) applies every section live except
   {", ".join(f"`{s}`" for s in RESTART_SECTIONS)}, which are reported as needing a restart and keep
   their running values. Rate-limit history, spam penalties, chat history and conversations
