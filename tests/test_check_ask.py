@@ -352,3 +352,42 @@ async def test_ask_explains_a_line_that_triggers_nothing(
     unknown = await kryten_llm("--config", str(path), "ask", "hi", "--channel", "nowhere")
     assert unknown.returncode == 2 and "channel 'nowhere' is not configured" in unknown.err
     assert openai_fake.requests == []
+
+
+# --- the same, in this process (the commands' own code, as the coverage run sees it) -------
+
+
+async def test_check_and_ask_in_process(
+    nats_server: NatsServer, openai_fake: FakeProvider, anthropic_fake: FakeProvider
+) -> None:
+    from kryten_llm.config import build_settings
+    from kryten_llm.tools.ask import ask, format_answer
+    from kryten_llm.tools.check import format_report, run_checks
+
+    anthropic_fake.always(status(401, "invalid x-api-key"))
+    openai_fake.always(reply("Kick first."))
+    settings = build_settings(
+        config(
+            nats_server.url,
+            {
+                "refusing": {**anthropic_fake.settings().model_dump(mode="json"), "priority": 1},
+                "main": {**openai_fake.settings().model_dump(mode="json"), "priority": 2},
+                "off": {"enabled": False},
+            },
+            usage={"on_budget_exhausted": "cheaper_provider", "cheaper_provider": "main"},
+        ),
+        "test",
+    )
+    report = await run_checks(settings, "test")
+    text = format_report(report)
+    assert report.problems() == [
+        "chain default (mentions, triggers without a provider): its first provider refusing "
+        "failed (http_401: authentication_error: invalid x-api-key)"
+    ]
+    assert "budget spent (usage.cheaper_provider): main -> refusing: main ok" in text
+    assert row(text, "off")[4] == "disabled"
+    answer = await ask(settings, f"{BOT} ready?", "Alice")
+    shown = format_answer(answer, BOT, show_prompt=True)
+    assert answer.replied and f"<{BOT}> Kick first." in shown
+    assert "--- the prompt sent ---" in shown
+    assert "[user]\nAlice says to you: <<<ready?>>>" in shown
