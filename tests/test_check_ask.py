@@ -386,6 +386,11 @@ async def test_check_and_ask_in_process(
     ]
     assert "budget spent (usage.cheaper_provider): main -> refusing: main ok" in text
     assert row(text, "off")[4] == "disabled"
+    command = format_answer(await ask(settings, "!chat help", "Alice"), BOT, show_prompt=True)
+    assert "(no prompt was sent: the line never reached a model)" in command
+    assert "(command 'help' from Alice in cytu.be/420Grindhouse; answered without a model)" in (
+        command
+    )
     answer = await ask(settings, f"{BOT} ready?", "Alice")
     shown = format_answer(answer, BOT, show_prompt=True)
     assert answer.replied and f"<{BOT}> Kick first." in shown

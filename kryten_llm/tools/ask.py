@@ -235,16 +235,17 @@ def format_answer(answer: Answer, bot: str, show_prompt: bool) -> str:
     if record is None:
         out.append(f"{answer.why_not}.")
         return "\n".join(out) + "\n"
-    mention = record.trigger_type == "mention"
-    trigger = "a mention" if mention else f"trigger {record.trigger_name!r}"
+    kinds = {"mention": "a mention", "command": f"command {record.trigger_name!r}"}
+    trigger = kinds.get(record.trigger_type, f"trigger {record.trigger_name!r}")
     if answer.replied:
         out += [f"<{safe(bot)}> {safe(line, 1000)}" for line in answer.lines]
-        tokens = f"{record.prompt_tokens or '?'}+{record.completion_tokens or '?'} tokens"
-        latency = f"{record.latency_ms:.0f} ms" if record.latency_ms is not None else "? ms"
-        out.append(
-            f"({trigger} from {safe(answer.username)} in {room}; "
-            f"{record.provider}/{record.model}, {latency}, {tokens})"
-        )
+        if record.provider is None:
+            how = "answered without a model"
+        else:
+            tokens = f"{record.prompt_tokens or '?'}+{record.completion_tokens or '?'} tokens"
+            latency = f"{record.latency_ms:.0f} ms" if record.latency_ms is not None else "? ms"
+            how = f"{record.provider}/{record.model}, {latency}, {tokens}"
+        out.append(f"({trigger} from {safe(answer.username)} in {room}; {how})")
     elif record.outcome in GATES:
         out.append(
             f"held back by the {GATES[record.outcome]} gate ({record.outcome}): "
