@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="start a local NATS server, the bot and a scripted chat, and show it talk"
     )
     demo.add_argument("--lines", type=int, default=8, help="how many scripted chat lines")
+    demo.add_argument(
+        "--stay", action="store_true", help="keep the bus and bot up after the script (API)"
+    )
     stats = sub.add_parser("stats", help="summarise a JSONL response log")
     stats.add_argument("logfile", type=Path)
     stats.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw charts")
@@ -127,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from kryten_llm.tools.demo import run_demo
 
-        return asyncio.run(run_demo(settings, log_level, lines=args.lines))
+        return asyncio.run(run_demo(settings, log_level, lines=args.lines, stay=args.stay))
     from kryten_llm.daemon.service import run_service
 
     return asyncio.run(run_service(settings, log_level, args.config, args.dry_run))

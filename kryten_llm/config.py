@@ -845,6 +845,40 @@ class ControlSettings(Section):
     )
 
 
+class ApiSettings(Section):
+    """The service API on the bus (`<prefix>.chat`, `.complete`, ...; see docs/API.md)."""
+
+    enabled: bool = True
+    """Add the API endpoints to the `kryten-llm` micro service."""
+    subject_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = Field(
+        "kryten.llm",
+        description="Subjects are `<prefix>.chat`, `<prefix>.memory.add`, ... "
+        "(a Rosey deployment sets `rosey.llm`).",
+    )
+    token: SecretStr | None = Field(
+        None,
+        description="When set, every API request must carry it (header `Authorization: "
+        "Bearer <token>` or a `token` field in the JSON body); unset: no token asked.",
+    )
+    deadline_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        30.0,
+        description="Every request is answered within this (`timeout` when the work is not done).",
+    )
+    max_request_bytes: Annotated[int, Field(ge=256, le=1_048_576)] = 16_384
+    """A larger request body is `invalid_request`, unread."""
+    max_in_flight: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        64, description="Requests worked on at once by this instance; more are `rate_limited`."
+    )
+    caller_max_per_minute: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        0,
+        description="Requests per minute from one caller (the request's `caller` field, "
+        "else `anonymous`); 0 means no per-caller limit.",
+    )
+    complete_max_tokens: Annotated[int, Field(ge=1, le=32_000)] = Field(
+        1024, description="The largest `max_tokens` a `complete` request may ask for."
+    )
+
+
 class StateSettings(Section):
     """Durable state (memory, personas, history) in NATS JetStream key-value buckets."""
 
@@ -979,6 +1013,7 @@ class Settings(BaseSettings):
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     personas: dict[str, PersonaSettings] = Field(
         default_factory=dict,

@@ -29,6 +29,7 @@ import aiohttp
 
 from kryten_llm import __version__
 from kryten_llm._bus import Client, raw_nats, really_connected
+from kryten_llm.api.service import ApiService
 from kryten_llm.config import ChannelSettings, ConfigError, Settings
 from kryten_llm.context import load_current_media
 from kryten_llm.daemon.dispatch import Dispatcher
@@ -71,7 +72,13 @@ def configured_secrets(settings: Settings) -> list[str]:
         secrets += [provider.resolve_api_key(), url_password(provider.base_url)]
         secrets += provider.extra_headers.values()
     secrets += [url_password(url) for url in settings.nats.server_list()]
-    for secret in (settings.nats.password, settings.nats.token, settings.control.token):
+    tokens = (
+        settings.nats.password,
+        settings.nats.token,
+        settings.control.token,
+        settings.api.token,
+    )
+    for secret in tokens:
         if secret is not None:
             secrets.append(secret.get_secret_value())
     return [s for s in secrets if s]
@@ -145,6 +152,7 @@ class LLMService:
         """Each started part's stop, in start order; `stop()` unwinds it."""
         self._exit.push_async_callback(self.notifier.close)  # the very last thing to close
         self.control: ControlService | None = None
+        self.api: ApiService | None = None
         self.metrics_server: MetricsServer | None = None
         self.pipeline_options: dict[str, Any] = {}
         """Test and replay hooks passed to the Pipeline (clock, rng)."""
@@ -334,12 +342,21 @@ class LLMService:
             )
             stack.push_async_callback(self.control.stop)
             await self.control.start()
+        if settings.api.enabled:
+            await self._start_api()
         if settings.metrics.enabled:
             self.metrics_server = MetricsServer(
                 self.metrics, self.monitor, settings.metrics.host, settings.metrics.port
             )
             stack.push_async_callback(self.metrics_server.stop)
             await self.metrics_server.start()
+
+    async def _start_api(self) -> None:
+        """The service API (`api/`), on the control's micro service when there is one."""
+        self.api = ApiService(self.client, self.pipeline, lambda: self.settings.api)
+        self._exit.push_async_callback(self.api.stop)  # before the control service stops
+        micro = self.control.micro if self.control is not None else None
+        await self.api.start(micro, __version__, self.announcer.instance_id)
 
     async def _load_bridge_state(self, pipeline: Pipeline) -> None:
         """What the bridge already knows: ranks (chatMsg has none) and the video playing.

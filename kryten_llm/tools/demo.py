@@ -190,8 +190,17 @@ async def _play_script(nc: Any, transcript: Transcript, bot: str, lines: int) ->
             await asyncio.sleep(PAUSE_BETWEEN_LINES_SECONDS)
 
 
+async def _wait_forever() -> None:
+    """Until cancelled (Ctrl-C): the demo's bus and bot keep serving meanwhile."""
+    await asyncio.Event().wait()
+
+
 async def run_demo(
-    base: Settings, log_level: str, lines: int = len(SCRIPT), out: TextIO = sys.stdout
+    base: Settings,
+    log_level: str,
+    lines: int = len(SCRIPT),
+    out: TextIO = sys.stdout,
+    stay: bool = False,
 ) -> int:
     """Run the whole demo; the exit status for the CLI."""
     model = choose_model(dict(os.environ))
@@ -217,6 +226,9 @@ async def run_demo(
         await nc.subscribe("kryten.robot.command", cb=transcript.on_command)
         await _play_script(nc, transcript, bot, max(1, min(lines, len(SCRIPT))))
         transcript.note(f"done: the bot sent {transcript.replies} chat line(s)")
+        if stay:  # the bus stays up for `nats req` against the API (docs/API.md)
+            transcript.note(f"still serving on {server.url} (the API too); Ctrl-C stops")
+            await _wait_forever()
         return 0 if transcript.replies else 1
     finally:
         if nc is not None:
