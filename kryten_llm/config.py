@@ -845,6 +845,25 @@ class ControlSettings(Section):
     )
 
 
+class UserLimitSettings(Section):
+    """What one user may ask of the bot: chat mentions, chat commands and API calls alike.
+
+    Users at or above `rate_limits.admin_min_rank` get every limit multiplied by
+    `rate_limits.admin_limit_multiplier`. A limit of 0 switches that limit off. Usage events
+    (`<api.subject_prefix>.events.usage_threshold`) mark 80, 90 and 100 % of each limit.
+    """
+
+    requests_per_minute: Annotated[int, Field(ge=0, le=1_000_000)] = 10
+    requests_per_hour: Annotated[int, Field(ge=0, le=1_000_000)] = 100
+    requests_per_day: Annotated[int, Field(ge=0, le=10_000_000)] = 500
+    """Requests per UTC day."""
+    tokens_per_day: Annotated[int, Field(ge=0, le=1_000_000_000)] = 50_000
+    """Prompt and completion tokens per UTC day."""
+    max_tracked_users: Annotated[int, Field(ge=10, le=1_000_000)] = Field(
+        10_000, description="Users whose usage is remembered; least recently active go first."
+    )
+
+
 class ApiSettings(Section):
     """The service API on the bus (`<prefix>.chat`, `.complete`, ...; see docs/API.md)."""
 
@@ -1014,6 +1033,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    user_limits: UserLimitSettings = Field(default_factory=UserLimitSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     personas: dict[str, PersonaSettings] = Field(
         default_factory=dict,

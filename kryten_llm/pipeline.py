@@ -14,7 +14,8 @@ the first that holds gives the record its outcome:
 
 1. spam (`spam`): the sender is flooding, repeating or penalised (judged as the line was heard);
 2. paused (`paused`): the operator paused the room;
-3. rate limits (`rate_limited`): global, per-user and per-trigger cooldowns and caps;
+3. rate limits (`rate_limited`): global, per-user and per-trigger cooldowns and caps, then
+   the asker's own usage limits (`decide/quota.py`, shared with the service API);
 4. reply loop (`loop_protection`): the bot's reply window, replies in a row, chat share;
 5. budget (`budget`): a daily budget is spent. With a cheaper provider configured it does not
    hold but reroutes the reply to that provider.
@@ -62,10 +63,12 @@ from kryten_llm.decide.gates import (
     ReplyLoopGate,
     Reroute,
     SpamGate,
+    UserQuotaGate,
     consult,
     spend,
 )
 from kryten_llm.decide.limits import OncePerCooldown, RateLimiter
+from kryten_llm.decide.quota import UserQuota
 from kryten_llm.decide.ranks import RankRegistry
 from kryten_llm.decide.spam import SpamGuard
 from kryten_llm.decide.triggers import TriggerEngine
@@ -196,6 +199,7 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         store: StateStore | None = None,
+        quota: UserQuota | None = None,
     ) -> None:
         self.llm = llm
         self.sender = sender
@@ -214,6 +218,12 @@ class Pipeline:
         """Memories, personas, opt-outs and history (durable when `store` is given)."""
         self.commands = CommandRunner(settings, self.keeper, self.usage)
         self.limiter = RateLimiter(settings.rate_limits, clock=clock)
+        # Wall-clock days; a replay's chat time, so a replay predicts a live run.
+        quota_clock = clock if isinstance(clock, EventClock) else time.time
+        self.quota = quota or UserQuota(
+            settings.user_limits, settings.rate_limits, clock=quota_clock
+        )
+        """Each user's requests and tokens, whatever path they come by (the API's too)."""
         self.spam = SpamGuard(settings.spam, settings.rate_limits.admin_min_rank, clock=clock)
         self.fallbacks = OncePerCooldown(settings.validation.fallback_cooldown_seconds, clock)
         """Who got the fallback line for an LLM outage, and when (see `_say_fallback`)."""
@@ -221,6 +231,7 @@ class Pipeline:
             SpamGate(),
             PausedGate(self.paused),
             RateLimitGate(self.limiter),
+            UserQuotaGate(self.quota),
             ReplyLoopGate(self.spam),
             BudgetGate(self.usage),
         )
@@ -264,6 +275,7 @@ class Pipeline:
         self.commands.reconfigure(settings)
         self.context.reconfigure(settings.context)
         self.limiter.reconfigure(settings.rate_limits)
+        self.quota.reconfigure(settings.user_limits, settings.rate_limits)
         self.spam.reconfigure(settings.spam, settings.rate_limits.admin_min_rank)
         self.usage.reconfigure(settings.usage, settings.llm_providers)
         self.fallbacks.cooldown_seconds = settings.validation.fallback_cooldown_seconds
@@ -573,6 +585,8 @@ class Pipeline:
         try:
             cost = self.usage.record(result, job.line.key, job.line.username, request=request)
             usd = cost.usd
+            tokens = cost.prompt_tokens + cost.completion_tokens
+            self.quota.add_tokens(job.line.username, tokens, job.rank)
             self.metrics.tokens(result.provider, result.prompt_tokens, result.completion_tokens)
             self.metrics.cost(cost.usd)
         except Exception as exc:

@@ -29,6 +29,7 @@ from tests.support.service import (
     CHANNEL_A,
     DOMAIN_A,
     make_settings,
+    read_records,
     running_service,
 )
 
@@ -417,3 +418,51 @@ async def test_every_example_in_the_api_doc_works_against_the_demo_settings(
         "status",
         "usage",
     }
+
+
+async def test_one_user_limit_for_mentions_commands_and_api_calls_with_events(
+    nats_server: NatsServer, fake_llm: FakeLLM, nc: NatsClient
+) -> None:
+    """Five requests a minute for Alice, however she asks; marks at 80/90/100 % said once."""
+    fake_llm.reply_with("sure")
+    limits = {"requests_per_minute": 5, "requests_per_hour": 0, "requests_per_day": 0}
+    config = settings(nats_server, fake_llm, user_limits=limits)
+    events: list[dict[str, Any]] = []
+
+    async def on_event(msg: Any) -> None:
+        events.append(json.loads(msg.data))
+
+    await nc.subscribe(f"{PREFIX}.events.usage_threshold", cb=on_event)
+    bridge = await Bridge.connect(nats_server.url)
+    try:
+        async with running_service(config):
+            await bridge.chat(CHANNEL_A, "Alice", f"{BOT}, first question?")
+            await bridge.wait_for_says(1)
+            await bridge.chat(CHANNEL_A, "Alice", "!chat recall popcorn")
+            await bridge.wait_for_says(2)
+            body = {"channel": CHANNEL_A, "user": "alice", "message": "third?"}
+            third, _ = await ask(nc, "chat", body)
+            note = {"channel": CHANNEL_A, "user": "Alice", "content": "Alice likes tea"}
+            fourth, _ = await ask(nc, "memory.add", note)
+            fifth, _ = await ask(nc, "chat", body)
+            sixth, headers = await ask(nc, "chat", body)
+            other, _ = await ask(nc, "chat", {**body, "user": "Bob"})
+            await bridge.chat(CHANNEL_A, "Alice", f"{BOT}, one more?")
+            await asyncio.sleep(0.5)
+            usage, _ = await ask(nc, "usage", {"user": "Alice"})
+    finally:
+        await bridge.close()
+    records = read_records(config)
+    assert third["ok"] and fourth["ok"] and fifth["ok"], (third, fourth, fifth)
+    assert code_of(sixth) == "rate_limited" and headers["Nats-Service-Error-Code"] == "429"
+    assert "requests per minute" in sixth["error"]["message"]
+    assert other["ok"]
+    held = [r for r in records if r["username"] == "Alice" and r["outcome"] == "rate_limited"]
+    assert held and "user requests per minute" in held[-1]["reason"]
+    assert usage["limits"]["requests_per_minute"] == {"used": 5, "limit": 5, "remaining": 0}
+    marks = [(e["user"].lower(), e["limit"], e["percent"]) for e in events]
+    assert marks == [
+        ("alice", "requests_per_minute", 80),
+        ("alice", "requests_per_minute", 90),
+        ("alice", "requests_per_minute", 100),
+    ]

@@ -179,7 +179,10 @@ class StatusAnswer(Answer):
 
 class UsageAnswer(Answer):
     user: str
+    limits: dict[str, dict[str, int | None]]
+    """Each usage limit (`requests_per_minute`, ...): `used`, `limit`, `remaining` (null: off)."""
     usage: dict[str, Any]
+    """Today's spend: `spent_usd`, `daily_budget_usd`, `left_usd`."""
 
 
 class ErrorDetail(BaseModel):

@@ -362,6 +362,14 @@ class ApiService:
             raise ApiError("invalid_request", "that channel is on several domains: use domain/name")
         return next(c for c in channels if c.key == keys[0])
 
+    def _limit(self, user: str, rank: float = 0.0) -> None:
+        """The user's own usage limits, shared with chat (`decide/quota.py`): count or refuse."""
+        quota = self._pipeline.quota
+        refused = quota.refusal(user, rank)
+        if refused is not None:
+            raise ApiError("rate_limited", refused)
+        quota.take(user, rank)
+
     def _budget(self, room: ChannelKey, user: str) -> str | None:
         """The provider to ask (None: the usual order), or `budget_exhausted`."""
         decision = self._pipeline.usage.allow(room, user)
@@ -370,7 +378,12 @@ class ApiService:
         return decision.provider
 
     async def _ask(
-        self, request: LLMRequest, room: ChannelKey, user: str, provider: str | None
+        self,
+        request: LLMRequest,
+        room: ChannelKey,
+        user: str,
+        provider: str | None,
+        rank: float = 0.0,
     ) -> LLMResult:
         """One completion, accounted like a chat reply; a failure of every provider is
         `llm_unavailable` (the deadline around the whole request makes a hang `timeout`)."""
@@ -380,7 +393,9 @@ class ApiService:
             raise ApiError("llm_unavailable", f"no LLM provider answered: {exc.reason}") from None
         try:
             cost = self._pipeline.usage.record(result, room, user, request=request)
-            self.tokens_today += cost.prompt_tokens + cost.completion_tokens
+            tokens = cost.prompt_tokens + cost.completion_tokens
+            self.tokens_today += tokens
+            self._pipeline.quota.add_tokens(user, tokens, rank)
             self._pipeline.metrics.tokens(
                 result.provider, result.prompt_tokens, result.completion_tokens
             )
@@ -409,13 +424,18 @@ class ApiService:
         now_ms = int(time.time() * 1000)
         line = ChatLine(channel.channel, channel.domain, req.user, req.message, now_ms)
         trigger = Trigger("mention", "api", req.message)
-        turn = Turn(line, trigger, pipeline.ranks.rank_of(room, req.user))
-        provider = self._through_gates(turn) if req.post else self._budget(room, req.user)
+        rank = pipeline.ranks.rank_of(room, req.user)
+        turn = Turn(line, trigger, rank)
+        if req.post:  # the gates include the user's limits
+            provider = self._through_gates(turn)
+        else:
+            self._limit(req.user, rank)
+            provider = self._budget(room, req.user)
         snapshot = pipeline.context.snapshot(room, req.user)
         found = pipeline.keeper.relevant(room, req.message, now_ms / 1000.0)
         memories = tuple(Remembered(n.id, n.user, n.content) for n in found)
         request = prompts.build(req.user, trigger, snapshot, memories)
-        result = await self._ask(request, room, req.user, provider)
+        result = await self._ask(request, room, req.user, provider, rank)
         posted: list[str] = []
         if req.post:
             posted = await self._post(line, result.text)
@@ -453,6 +473,7 @@ class ApiService:
             raise ApiError("invalid_request", f"max_tokens: at most {cap}")
         room = self._caller_room(req.caller)
         user = req.caller or ANONYMOUS
+        self._limit(user)
         provider = self._budget(room, user)
         request = LLMRequest(
             system=req.system or COMPLETE_SYSTEM,
@@ -478,6 +499,7 @@ class ApiService:
         else:
             room = self._caller_room(req.caller)
             data, lines = quote_data(req.text or ""), 0
+        self._limit(user)
         provider = self._budget(room, user)
         request = LLMRequest(
             system=SUMMARY_SYSTEM,
@@ -495,7 +517,9 @@ class ApiService:
         if len(req.content) > limit:
             raise ApiError("invalid_request", f"content: at most {limit} characters")
         importance = req.importance
-        if pipeline.ranks.rank_of(room, req.user) < pipeline.commands.ranks.moderator:
+        rank = pipeline.ranks.rank_of(room, req.user)
+        self._limit(req.user, rank)
+        if rank < pipeline.commands.ranks.moderator:
             importance = min(importance, MAX_IMPORTANCE_FOR_USERS)
         note = pipeline.keeper.remember(
             room, req.user, req.content, int(time.time() * 1000), req.category, importance
@@ -505,6 +529,7 @@ class ApiService:
     async def _memory_recall(self, req: MemoryRecallRequest) -> MemoryRecallAnswer:
         pipeline = self._pipeline
         room = self._room(req.channel).key
+        self._limit(req.caller or ANONYMOUS)
         limit = min(req.limit or pipeline.settings.memory.recall_max, 20)
         found = pipeline.keeper.recall(room, req.query, limit, time.time())
         return MemoryRecallAnswer(memories=[memory_item(n) for n in found])
@@ -515,7 +540,9 @@ class ApiService:
         note = pipeline.keeper.note(room, req.id.strip().casefold())
         if note is None:
             raise ApiError("invalid_request", "no such memory")
-        moderator = pipeline.ranks.rank_of(room, req.user) >= pipeline.commands.ranks.moderator
+        rank = pipeline.ranks.rank_of(room, req.user)
+        self._limit(req.user, rank)
+        moderator = rank >= pipeline.commands.ranks.moderator
         if not note.by(req.user) and not moderator:
             raise ApiError("forbidden", "only its author or a moderator can forget that memory")
         pipeline.keeper.forget_note(room, note.id)
@@ -554,5 +581,6 @@ class ApiService:
         left = None if budget is None else max(0.0, budget - spent)
         return UsageAnswer(
             user=req.user,
+            limits=self._pipeline.quota.report(req.user, 0.0),
             usage={"spent_usd": round(spent, 6), "daily_budget_usd": budget, "left_usd": left},
         )

@@ -37,6 +37,7 @@ from kryten_llm.daemon.listener import MessageListener
 from kryten_llm.daemon.reload import load_for_reload
 from kryten_llm.daemon.systemd import SystemdNotifier
 from kryten_llm.decide.budget import BudgetEvent, UsageTracker
+from kryten_llm.decide.quota import UsageEvent, UserQuota
 from kryten_llm.decide.ranks import load_ranks_from_kv
 from kryten_llm.llm.manager import LLMManager
 from kryten_llm.logsetup import KRYTEN_NOISE, apply_level
@@ -44,7 +45,7 @@ from kryten_llm.ops.control import AmbiguousChannel, ControlService, UnknownChan
 from kryten_llm.ops.discovery import Announcer, lifecycle_service_config
 from kryten_llm.ops.health import HealthMonitor
 from kryten_llm.ops.metrics import Metrics, MetricsServer, metrics_summary
-from kryten_llm.pipeline import Job, Pipeline
+from kryten_llm.pipeline import EventClock, Job, Pipeline
 from kryten_llm.redact import redact_value, set_secrets, url_password
 from kryten_llm.reply.sender import ChatSender
 from kryten_llm.response_log import ResponseLog
@@ -248,6 +249,13 @@ class LLMService:
             settings.usage, settings.llm_providers, on_budget_event=self._on_budget_event
         )
         self.sender = ChatSender(self._send_chat, settings.message_processing, self.dry_run)
+        clock = self.pipeline_options.get("clock")  # a test's chat-time clock, if any
+        quota = UserQuota(
+            settings.user_limits,
+            settings.rate_limits,
+            on_event=self._on_usage_event,
+            clock=clock if isinstance(clock, EventClock) else time.time,
+        )
         return Pipeline(
             settings,
             llm=self.llm,
@@ -257,6 +265,7 @@ class LLMService:
             metrics=self.metrics,
             start_ms=self.start_ms,
             store=store,
+            quota=quota,
             **self.pipeline_options,
         )
 
@@ -384,6 +393,20 @@ class LLMService:
         log.warning("budget: %s", event)
         payload = redact_value({"service": SERVICE_NAME, **dict(event)})
         self._track(self.client.publish(BUDGET_SUBJECT, payload))
+
+    def _on_usage_event(self, event: UsageEvent) -> None:
+        """A user's use crossed 80, 90 or 100 % of a limit: on the bus for other services."""
+        log.info(
+            "usage: %s at %d%% of %s (%d/%d)",
+            event.user,
+            event.percent,
+            event.limit,
+            event.used,
+            event.allowed,
+        )
+        subject = f"{self.settings.api.subject_prefix}.events.usage_threshold"
+        payload = redact_value({"service": SERVICE_NAME, **event.to_dict()})
+        self._track(self.client.publish(subject, payload))
 
     def _track(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
