@@ -67,6 +67,7 @@ from kryten_llm.decide.gates import (
     consult,
     spend,
 )
+from kryten_llm.decide.ledger import Ledger
 from kryten_llm.decide.limits import OncePerCooldown, RateLimiter
 from kryten_llm.decide.quota import UserQuota
 from kryten_llm.decide.ranks import RankRegistry
@@ -217,6 +218,8 @@ class Pipeline:
         self.keeper = Keeper(settings, self.context, store)
         """Memories, personas, opt-outs and history (durable when `store` is given)."""
         self.commands = CommandRunner(settings, self.keeper, self.usage)
+        self.ledger = Ledger(settings.usage, settings.llm_providers, store)
+        """The day's spend, reserved before each call and settled after (durable in KV)."""
         self.limiter = RateLimiter(settings.rate_limits, clock=clock)
         # Wall-clock days; a replay's chat time, so a replay predicts a live run.
         quota_clock = clock if isinstance(clock, EventClock) else time.time
@@ -278,6 +281,7 @@ class Pipeline:
         self.quota.reconfigure(settings.user_limits, settings.rate_limits)
         self.spam.reconfigure(settings.spam, settings.rate_limits.admin_min_rank)
         self.usage.reconfigure(settings.usage, settings.llm_providers)
+        self.ledger.reconfigure(settings.usage, settings.llm_providers)
         self.fallbacks.cooldown_seconds = settings.validation.fallback_cooldown_seconds
         self._channels = {c.key: c for c in settings.channels}
 
@@ -508,6 +512,14 @@ class Pipeline:
         request = prompts.build(job.line.username, job.trigger, job.snapshot, job.memories)
         line = job.line
         first_sent: list[float] = []
+        order = self.llm.order(job.provider)
+        estimate = self.ledger.estimate_usd(request, order[0] if order else None)
+        reservation = await self.ledger.reserve(estimate)
+        if reservation is None:  # replies in flight have reserved the rest of the budget
+            reason = f"the daily budget cannot hold this reply (about ${estimate:.4f})"
+            log.info("holding back the reply to %s: %s", line.username, reason)
+            self._log(job, "budget", reason)
+            return []
 
         async def send(parts: list[str]) -> list[str]:
             sent = await self.sender.send(line, parts, job.correlation_id)
@@ -544,6 +556,8 @@ class Pipeline:
             parts=tuple(outcome.sent),
             cost_usd=cost,
         )
+        # The real cost replaces the reservation (after the record: settling waits on KV).
+        await self.ledger.settle(reservation, cost or 0.0)
         return outcome.sent
 
     async def _say_fallback(self, job: ReplyJob, outcome: ReplyOutcome, send: Send) -> None:

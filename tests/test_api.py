@@ -275,19 +275,21 @@ async def test_a_spent_budget_is_budget_exhausted(
     nats_server: NatsServer, fake_llm: FakeLLM, nc: NatsClient
 ) -> None:
     fake_llm.reply_with("fine")
+    # $0.001 a token: the fake's 42 + 7 tokens cost $0.049; a request reserves its prompt
+    # (about 8 tokens) and max_tokens (10) first, $0.018, so after one the next does not fit.
     usage = {
-        "daily_budget_usd": 0.001,
+        "daily_budget_usd": 0.06,
         "prices": {"fake-model": {"input_per_million_usd": 1000, "output_per_million_usd": 1000}},
     }
     async with running_service(settings(nats_server, fake_llm, usage=usage)):
-        first, _ = await ask(nc, "complete", {"prompt": "hi"})
-        second, headers = await ask(nc, "complete", {"prompt": "hi"})
+        first, _ = await ask(nc, "complete", {"prompt": "hi", "max_tokens": 10})
+        second, headers = await ask(nc, "complete", {"prompt": "hi", "max_tokens": 10})
         chat, _ = await ask(nc, "chat", {"channel": CHANNEL_A, "user": "A", "message": "hi"})
         status, _ = await ask(nc, "status", {})
     assert first["ok"]
     assert code_of(second) == "budget_exhausted" and headers["Nats-Service-Error-Code"] == "402"
     assert code_of(chat) == "budget_exhausted"
-    assert status["budget"]["left_usd"] == 0.0
+    assert status["budget"]["spent_usd"] == pytest.approx(0.049)
     assert len(fake_llm.requests) == 1
 
 

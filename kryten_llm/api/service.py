@@ -200,6 +200,7 @@ class ApiService:
         self._day = time.gmtime().tm_yday
         self.requests_today = 0
         self.tokens_today = 0
+        self._durable_spent = 0.0
         self.answered: dict[str, int] = {}
         """Answers since start by outcome: `ok` or an error code."""
 
@@ -387,10 +388,20 @@ class ApiService:
     ) -> LLMResult:
         """One completion, accounted like a chat reply; a failure of every provider is
         `llm_unavailable` (the deadline around the whole request makes a hang `timeout`)."""
+        ledger = self._pipeline.ledger
+        order = self._pipeline.llm.order(provider)
+        estimate = ledger.estimate_usd(request, order[0] if order else None)
+        reservation = await ledger.reserve(estimate)
+        if reservation is None:
+            raise ApiError("budget_exhausted", "the daily budget cannot hold this request")
+        usd = 0.0
         try:
             result = await self._pipeline.llm.complete(request, provider)
+            usd = self._pipeline.usage.cost(result, request).usd
         except LLMUnavailable as exc:
             raise ApiError("llm_unavailable", f"no LLM provider answered: {exc.reason}") from None
+        finally:  # settled even when the deadline cancels the call: nothing stays held
+            await asyncio.shield(ledger.settle(reservation, usd))
         try:
             cost = self._pipeline.usage.record(result, room, user, request=request)
             tokens = cost.prompt_tokens + cost.completion_tokens
@@ -550,6 +561,7 @@ class ApiService:
 
     async def _status(self, req: Request) -> StatusAnswer:
         pipeline = self._pipeline
+        self._durable_spent = await pipeline.ledger.spent_today()
         order = pipeline.llm.order()
         provider = order[0] if order else None
         configured = pipeline.settings.llm_providers.get(provider) if provider else None
@@ -566,6 +578,8 @@ class ApiService:
         snapshot = self._pipeline.usage.snapshot()
         budget = snapshot.get("daily_budget_usd")
         spent = float(snapshot.get("global_usd", 0.0) or 0.0)  # type: ignore[arg-type]
+        # Another instance's spend is in the durable record (`decide/ledger.py`).
+        spent = max(spent, self._durable_spent)
         left = None if budget is None else max(0.0, float(budget) - spent)  # type: ignore[arg-type]
         return {
             "day": snapshot["day"],

@@ -191,6 +191,7 @@ class LLMService:
         await self.store.start()  # opens the pipeline's buckets; degrades, never raises
         stack.push_async_callback(self.store.close)
         await self.pipeline.keeper.start([c.key for c in settings.channels])
+        self.pipeline.usage.restore_global(await self.pipeline.ledger.spent_today())
         stack.push_async_callback(self.pipeline.keeper.close)  # after the workers stop
         await self._load_bridge_state(self.pipeline)
         self._start_workers(settings, self.client, self.pipeline)
