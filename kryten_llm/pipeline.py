@@ -119,6 +119,23 @@ def usage_summary(result: LLMResult | None) -> str:
     return f"{result.provider}/{result.model}, LLM {result.latency_ms:.0f} ms, {tokens}"
 
 
+def response_event(
+    source: str, room: ChannelKey, user: str, result: LLMResult, cost_usd: float | None
+) -> dict[str, Any]:
+    """What `<prefix>.events.response` says of one answer: who, which model, what it cost."""
+    return {
+        "source": source,
+        "channel": str(room),
+        "user": user,
+        "provider": result.provider,
+        "model": result.model,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cost_usd": cost_usd,
+        "latency_ms": round(result.latency_ms, 1),
+    }
+
+
 class EventClock:
     """Time read from the chat itself (each line's CyTube timestamp), for replay and tests.
 
@@ -228,6 +245,8 @@ class Pipeline:
         )
         """Each user's requests and tokens, whatever path they come by (the API's too)."""
         self.spam = SpamGuard(settings.spam, settings.rate_limits.admin_min_rank, clock=clock)
+        self.on_event: Callable[[str, dict[str, Any]], None] | None = None
+        """Where `response`, `error` and `memory` events go (the daemon puts them on the bus)."""
         self.fallbacks = OncePerCooldown(settings.validation.fallback_cooldown_seconds, clock)
         """Who got the fallback line for an LLM outage, and when (see `_say_fallback`)."""
         self.gates: tuple[Gate, ...] = (
@@ -447,6 +466,18 @@ class Pipeline:
             return None
         spend(self.gates, turn)
         answer = self.commands.run(command, line, channel, rank)
+        if command.name in ("remember", "forget") and answer.outcome == "command":
+            ident = answer.reason.partition(": ")[2]
+            self.emit(
+                "memory",
+                {
+                    "source": "chat",
+                    "action": command.name,
+                    "channel": str(line.key),
+                    "user": line.username,
+                    "id": ident,
+                },
+            )
         log.info(
             "%s %s from %s in %s: %s",
             self.settings.commands.prefix,
@@ -556,6 +587,20 @@ class Pipeline:
             parts=tuple(outcome.sent),
             cost_usd=cost,
         )
+        if outcome.sent and final != "fallback" and outcome.result is not None:
+            self.emit(
+                "response", response_event("chat", line.key, line.username, outcome.result, cost)
+            )
+        elif final == "llm_failed":
+            self.emit(
+                "error",
+                {
+                    "source": "chat",
+                    "channel": str(line.key),
+                    "user": line.username,
+                    "code": "llm_unavailable",
+                },
+            )
         # The real cost replaces the reservation (after the record: settling waits on KV).
         await self.ledger.settle(reservation, cost or 0.0)
         return outcome.sent
@@ -720,6 +765,15 @@ class Pipeline:
         """The record's time: the chat's own under an `EventClock` (a replay), so a replayed
         log reads against its transcript; else the wall clock."""
         return self.clock.iso() if isinstance(self.clock, EventClock) else utc_now_iso()
+
+    def emit(self, kind: str, payload: dict[str, Any]) -> None:
+        """An event for other services; a failing sink never breaks a reply."""
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(kind, payload)
+        except Exception:
+            log.exception("publishing a %s event failed", kind)
 
     def log_dropped(self, job: Job) -> None:
         """The reply queue was full: the job is dropped, but never unrecorded."""

@@ -468,3 +468,57 @@ async def test_one_user_limit_for_mentions_commands_and_api_calls_with_events(
         ("alice", "requests_per_minute", 90),
         ("alice", "requests_per_minute", 100),
     ]
+
+
+async def test_events_for_responses_errors_and_memory_without_keys_or_chat_text(
+    nats_server: NatsServer, fake_llm: FakeLLM, nc: NatsClient
+) -> None:
+    fake_llm.reply_with("an answer")
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def on_event(msg: Any) -> None:
+        events.append((msg.subject.rsplit(".", 1)[1], json.loads(msg.data)))
+
+    await nc.subscribe(f"{PREFIX}.events.>", cb=on_event)
+    await nc.flush()
+    bridge = await Bridge.connect(nats_server.url)
+    try:
+        config = settings(nats_server, fake_llm, commands={"remember_min_rank": 0})
+        async with running_service(config):
+            await bridge.chat(CHANNEL_A, "Alice", f"{BOT}, my secret plan is tacos?")
+            await bridge.wait_for_says(1)
+            await bridge.chat(CHANNEL_A, "Alice", "!chat remember Alice likes tacos")
+            await bridge.wait_for_says(2)
+            await ask(nc, "complete", {"prompt": "hi", "caller": "trivia"})
+            added, _ = await ask(
+                nc, "memory.add", {"channel": CHANNEL_A, "user": "Bob", "content": "Bob: tea"}
+            )
+            await ask(
+                nc,
+                "memory.forget",
+                {"channel": CHANNEL_A, "user": "Bob", "id": added["memory"]["id"]},
+            )
+            fake_llm.fail_with(401, "bad key sk-test-DO-NOT-LEAK-1234567890")
+            await ask(nc, "chat", {"channel": CHANNEL_A, "user": "Carol", "message": "tacos?"})
+            await asyncio.sleep(0.5)
+    finally:
+        await bridge.close()
+    kinds = [kind for kind, _ in events]
+    responses = [e for kind, e in events if kind == "response"]
+    assert {(e["source"], e["user"]) for e in responses} == {("chat", "Alice"), ("api", "trivia")}
+    chat_reply = next(e for e in responses if e["source"] == "chat")
+    assert chat_reply["channel"] == f"{DOMAIN_A}/{CHANNEL_A.lower()}"
+    assert chat_reply["provider"] == "fake" and chat_reply["model"] == "fake-model"
+    assert chat_reply["prompt_tokens"] == 42 and chat_reply["completion_tokens"] == 7
+    assert chat_reply["latency_ms"] >= 0 and "cost_usd" in chat_reply
+    memory = [(e["source"], e["action"], e["user"]) for k, e in events if k == "memory"]
+    assert memory == [
+        ("chat", "remember", "Alice"),
+        ("api", "remember", "Bob"),
+        ("api", "forget", "Bob"),
+    ]
+    errors = [e for kind, e in events if kind == "error"]
+    assert errors and errors[0]["code"] == "llm_unavailable" and errors[0]["user"] == "Carol"
+    assert "usage_threshold" not in kinds  # limits are off in test services
+    raw = json.dumps(events)
+    assert "sk-test" not in raw and "tacos" not in raw  # no key, no chat text

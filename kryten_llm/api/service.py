@@ -62,7 +62,7 @@ from kryten_llm.decide.gates import Hold, consult, spend
 from kryten_llm.llm.manager import LLMUnavailable
 from kryten_llm.memory.notes import Note
 from kryten_llm.ops.control import MICRO_SERVICE_NAME, micro_version
-from kryten_llm.pipeline import Pipeline
+from kryten_llm.pipeline import Pipeline, response_event
 from kryten_llm.redact import redact_text, redact_value
 from kryten_llm.reply.prompts import quote_data
 from kryten_llm.types import (
@@ -293,6 +293,7 @@ class ApiService:
         except TimeoutError:
             limit = settings.deadline_seconds
             await self._refuse(subject, request, ApiError("timeout", f"not done within {limit} s"))
+            self._pipeline.emit("error", {"source": "api", "endpoint": subject, "code": "timeout"})
             return
         except Exception as exc:
             log.error("api %s failed", subject, exc_info=exc)
@@ -399,6 +400,8 @@ class ApiService:
             result = await self._pipeline.llm.complete(request, provider)
             usd = self._pipeline.usage.cost(result, request).usd
         except LLMUnavailable as exc:
+            error = {"source": "api", "channel": str(room), "user": user, "code": "llm_unavailable"}
+            self._pipeline.emit("error", error)
             raise ApiError("llm_unavailable", f"no LLM provider answered: {exc.reason}") from None
         finally:  # settled even when the deadline cancels the call: nothing stays held
             await asyncio.shield(ledger.settle(reservation, usd))
@@ -411,6 +414,7 @@ class ApiService:
                 result.provider, result.prompt_tokens, result.completion_tokens
             )
             self._pipeline.metrics.cost(cost.usd)
+            self._pipeline.emit("response", response_event("api", room, user, result, cost.usd))
         except Exception:
             log.exception("api: accounting for a completion failed")
         return result
@@ -535,6 +539,16 @@ class ApiService:
         note = pipeline.keeper.remember(
             room, req.user, req.content, int(time.time() * 1000), req.category, importance
         )
+        self._pipeline.emit(
+            "memory",
+            {
+                "source": "api",
+                "action": "remember",
+                "channel": str(room),
+                "user": req.user,
+                "id": note.id,
+            },
+        )
         return MemoryAddAnswer(memory=memory_item(note))
 
     async def _memory_recall(self, req: MemoryRecallRequest) -> MemoryRecallAnswer:
@@ -557,6 +571,16 @@ class ApiService:
         if not note.by(req.user) and not moderator:
             raise ApiError("forbidden", "only its author or a moderator can forget that memory")
         pipeline.keeper.forget_note(room, note.id)
+        pipeline.emit(
+            "memory",
+            {
+                "source": "api",
+                "action": "forget",
+                "channel": str(room),
+                "user": req.user,
+                "id": note.id,
+            },
+        )
         return MemoryForgetAnswer(id=note.id)
 
     async def _status(self, req: Request) -> StatusAnswer:

@@ -190,6 +190,7 @@ class LLMService:
         self.pipeline = self._build_pipeline(settings, self.session, self.store)
         await self.store.start()  # opens the pipeline's buckets; degrades, never raises
         stack.push_async_callback(self.store.close)
+        self.pipeline.on_event = self._publish_event
         await self.pipeline.keeper.start([c.key for c in settings.channels])
         self.pipeline.usage.restore_global(await self.pipeline.ledger.spent_today())
         stack.push_async_callback(self.pipeline.keeper.close)  # after the workers stop
@@ -408,6 +409,13 @@ class LLMService:
         subject = f"{self.settings.api.subject_prefix}.events.usage_threshold"
         payload = redact_value({"service": SERVICE_NAME, **event.to_dict()})
         self._track(self.client.publish(subject, payload))
+
+    def _publish_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """`<api.subject_prefix>.events.<kind>` (response, error, memory): off the hot path."""
+        subject = f"{self.settings.api.subject_prefix}.events.{kind}"
+        self._track(
+            self.client.publish(subject, redact_value({"service": SERVICE_NAME, **payload}))
+        )
 
     def _track(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
