@@ -227,6 +227,13 @@ def service_config(nats_url: str, llm_base_url: str, workdir: Path) -> dict[str,
             "max_chat_share": 1.0,
         },
         "response_log": {"path": str(workdir / "responses.jsonl")},
+        # Per-user usage limits are policy too: the benchmark's users ask far more than 10/min.
+        "user_limits": {
+            "requests_per_minute": 0,
+            "requests_per_hour": 0,
+            "requests_per_day": 0,
+            "tokens_per_day": 0,
+        },
     }
 
 
@@ -661,6 +668,42 @@ async def measure_concurrent(bridge: Bridge, llm: BenchLLM, count: int) -> dict[
     }
 
 
+API_REQUESTS = 2000
+API_CONCURRENCY = 32
+API_TIMEOUT_SECONDS = 10.0
+
+
+async def measure_api(nc: NATS, count: int) -> dict[str, Any]:
+    """`kryten.llm.complete` against the instant LLM: p50 overhead (round trip minus the LLM's
+    own latency, sequential) and requests/s (`API_CONCURRENCY` callers at once)."""
+    body = json.dumps({"prompt": "say ok", "caller": "bench"}).encode()
+    overheads: list[float] = []
+    for _ in range(max(1, count // 10)):
+        started = time.monotonic()
+        msg = await nc.request("kryten.llm.complete", body, timeout=API_TIMEOUT_SECONDS)
+        elapsed = time.monotonic() - started
+        answer = json.loads(msg.data)
+        if answer.get("ok"):  # in seconds, as `_percentiles` takes them
+            overheads.append(max(0.0, elapsed - answer["completion"]["latency_ms"] / 1000))
+    done = 0
+
+    async def caller(share: int) -> None:
+        nonlocal done
+        for _ in range(share):
+            msg = await nc.request("kryten.llm.complete", body, timeout=API_TIMEOUT_SECONDS)
+            done += bool(json.loads(msg.data).get("ok"))
+
+    started = time.monotonic()
+    await asyncio.gather(*(caller(count // API_CONCURRENCY) for _ in range(API_CONCURRENCY)))
+    elapsed = time.monotonic() - started
+    return {
+        "overhead_ms": _percentiles(overheads),
+        "requests": (count // API_CONCURRENCY) * API_CONCURRENCY,
+        "answered_ok": done,
+        "requests_per_second": done / elapsed if elapsed > 0 else None,
+    }
+
+
 # --- orchestration --------------------------------------------------------------------------
 
 
@@ -711,7 +754,7 @@ async def run(scale: Scale, options: Options) -> Report:
                     ready = await wait_until_ready(bridge, service, "st" + "abcdefghij"[index])
                     startups.append(ready["subscribed_seconds"])
                     idle_rss.append(service.status_kb("VmRSS") or 0)
-        if only & {"overhead", "throughput"}:
+        if only & {"overhead", "throughput", "api"}:
             say("service A (instant LLM): start-up, idle RSS, overhead, throughput")
             async with running_service(nats_server.url, instant, "a", options) as service:
                 ready = await wait_until_ready(bridge, service, "stx")
@@ -728,6 +771,9 @@ async def run(scale: Scale, options: Options) -> Report:
                         options.profile_file("overhead"),
                     )
                     report.details["overhead"] = over
+                if "api" in only:
+                    say(f"api: kryten.llm.complete, {API_REQUESTS} requests")
+                    report.details["api"] = await measure_api(bridge.nc, API_REQUESTS)
                 if "throughput" in only:
                     report.details["throughput_steps"] = await throughput_ladder(
                         bridge, service, instant, nats_server.url, scale, options
@@ -785,6 +831,20 @@ async def run(scale: Scale, options: Options) -> Report:
 
 def figures(d: dict[str, Any], scale: Scale) -> list[Figure]:
     out: list[Figure] = []
+    if "api" in d:
+        api = d["api"]
+        note = f"{api['answered_ok']}/{api['requests']} ok, {API_CONCURRENCY} callers"
+        out.append(Figure("api complete p50 overhead", api["overhead_ms"].get("p50"), "ms", 5.0))
+        out.append(
+            Figure(
+                "api complete requests/s",
+                api["requests_per_second"],
+                "req/s",
+                200.0,
+                higher_is_better=True,
+                note=note,
+            )
+        )
     if "overhead" in d:
         ms = d["overhead"]["overhead_ms"]
         note = f"{d['overhead']['samples']} samples, {d['overhead']['missing']} unanswered"
@@ -916,8 +976,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     size.add_argument("--full", action="store_true", help="the documented figures (the default)")
     parser.add_argument(
         "--only",
-        default="startup,overhead,throughput,concurrent,memory",
-        help="comma-separated subset of: startup,overhead,throughput,concurrent,memory",
+        default="startup,overhead,throughput,concurrent,memory,api",
+        help="comma-separated subset of: startup,overhead,throughput,concurrent,memory,api",
     )
     parser.add_argument(
         "--variant",

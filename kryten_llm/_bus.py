@@ -14,6 +14,7 @@ leaves it out and is otherwise kryten-py's own client.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from kryten import KrytenClient
@@ -37,3 +38,17 @@ def really_connected(client: Any) -> bool:
     """True only while the NATS link is actually up (not kryten-py's sticky flag)."""
     connection = raw_nats(client)
     return bool(connection is not None and connection.is_connected)
+
+
+async def flush_subscriptions(connection: NatsClient, timeout_seconds: int) -> None:
+    """Return once the server has every subscription made so far on `connection`.
+
+    nats-py's `flush()` writes its PING straight to the socket while SUBs wait in the
+    pending buffer for the flusher task, so one flush can be answered before the server has
+    seen them (measured: a request right after start got "no responders" about once in
+    fifteen starts). Yielding lets the flusher write the buffer; the second PING then follows
+    the SUBs on the wire, and its PONG proves they were processed.
+    """
+    await asyncio.sleep(0)
+    await connection.flush(timeout=timeout_seconds)
+    await connection.flush(timeout=timeout_seconds)

@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--channel", help="configured channel, name or domain/name (default: first)")
     ask.add_argument("--show-prompt", action="store_true", help="print every prompt sent")
     ask.add_argument("--seed", type=int, help="seed for the trigger-word dice (default: random)")
+    demo.add_argument(
+        "--stay", action="store_true", help="keep the bus and bot up after the script (API)"
+    )
     stats = sub.add_parser("stats", help="summarise a JSONL response log")
     stats.add_argument("logfile", type=Path)
     stats.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw charts")
@@ -176,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from kryten_llm.tools.demo import run_demo
 
-        return asyncio.run(run_demo(settings, log_level, lines=args.lines, config_path=args.config))
+        return asyncio.run(
+            run_demo(settings, log_level, lines=args.lines, config_path=args.config, stay=args.stay)
+        )
     from kryten_llm.daemon.service import run_service
 
     return asyncio.run(run_service(settings, log_level, args.config, args.dry_run))

@@ -897,6 +897,59 @@ class ControlSettings(Section):
     )
 
 
+class UserLimitSettings(Section):
+    """What one user may ask of the bot: chat mentions, chat commands and API calls alike.
+
+    Users at or above `rate_limits.admin_min_rank` get every limit multiplied by
+    `rate_limits.admin_limit_multiplier`. A limit of 0 switches that limit off. Usage events
+    (`<api.subject_prefix>.events.usage_threshold`) mark 80, 90 and 100 % of each limit.
+    """
+
+    requests_per_minute: Annotated[int, Field(ge=0, le=1_000_000)] = 10
+    requests_per_hour: Annotated[int, Field(ge=0, le=1_000_000)] = 100
+    requests_per_day: Annotated[int, Field(ge=0, le=10_000_000)] = 500
+    """Requests per UTC day."""
+    tokens_per_day: Annotated[int, Field(ge=0, le=1_000_000_000)] = 50_000
+    """Prompt and completion tokens per UTC day."""
+    max_tracked_users: Annotated[int, Field(ge=10, le=1_000_000)] = Field(
+        10_000, description="Users whose usage is remembered; least recently active go first."
+    )
+
+
+class ApiSettings(Section):
+    """The service API on the bus (`<prefix>.chat`, `.complete`, ...; see docs/API.md)."""
+
+    enabled: bool = True
+    """Add the API endpoints to the `kryten-llm` micro service."""
+    subject_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = Field(
+        "kryten.llm",
+        description="Subjects are `<prefix>.chat`, `<prefix>.memory.add`, ... "
+        "(a Rosey deployment sets `rosey.llm`).",
+    )
+    token: SecretStr | None = Field(
+        None,
+        description="When set, every API request must carry it (header `Authorization: "
+        "Bearer <token>` or a `token` field in the JSON body); unset: no token asked.",
+    )
+    deadline_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        30.0,
+        description="Every request is answered within this (`timeout` when the work is not done).",
+    )
+    max_request_bytes: Annotated[int, Field(ge=256, le=1_048_576)] = 16_384
+    """A larger request body is `invalid_request`, unread."""
+    max_in_flight: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        64, description="Requests worked on at once by this instance; more are `rate_limited`."
+    )
+    caller_max_per_minute: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        0,
+        description="Requests per minute from one caller (the request's `caller` field, "
+        "else `anonymous`); 0 means no per-caller limit.",
+    )
+    complete_max_tokens: Annotated[int, Field(ge=1, le=32_000)] = Field(
+        1024, description="The largest `max_tokens` a `complete` request may ask for."
+    )
+
+
 class StateSettings(Section):
     """Durable state (memory, personas, history) in NATS JetStream key-value buckets."""
 
@@ -1074,6 +1127,8 @@ class Settings(BaseSettings):
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    user_limits: UserLimitSettings = Field(default_factory=UserLimitSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     personas: dict[str, PersonaSettings] = Field(
         default_factory=dict,

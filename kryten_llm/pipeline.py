@@ -14,7 +14,8 @@ the first that holds gives the record its outcome:
 
 1. spam (`spam`): the sender is flooding, repeating or penalised (judged as the line was heard);
 2. paused (`paused`): the operator paused the room;
-3. rate limits (`rate_limited`): global, per-user and per-trigger cooldowns and caps;
+3. rate limits (`rate_limited`): global, per-user and per-trigger cooldowns and caps, then
+   the asker's own usage limits (`decide/quota.py`, shared with the service API);
 4. reply loop (`loop_protection`): the bot's reply window, replies in a row, chat share;
 5. budget (`budget`): a daily budget is spent. With a cheaper provider configured it does not
    hold but reroutes the reply to that provider.
@@ -62,10 +63,13 @@ from kryten_llm.decide.gates import (
     ReplyLoopGate,
     Reroute,
     SpamGate,
+    UserQuotaGate,
     consult,
     spend,
 )
+from kryten_llm.decide.ledger import Ledger
 from kryten_llm.decide.limits import OncePerCooldown, RateLimiter
+from kryten_llm.decide.quota import UserQuota
 from kryten_llm.decide.ranks import RankRegistry
 from kryten_llm.decide.spam import SpamGuard
 from kryten_llm.decide.triggers import TriggerEngine
@@ -113,6 +117,23 @@ def usage_summary(result: LLMResult | None) -> str:
         return "no LLM result"
     tokens = f"{result.prompt_tokens or '?'}+{result.completion_tokens or '?'} tokens"
     return f"{result.provider}/{result.model}, LLM {result.latency_ms:.0f} ms, {tokens}"
+
+
+def response_event(
+    source: str, room: ChannelKey, user: str, result: LLMResult, cost_usd: float | None
+) -> dict[str, Any]:
+    """What `<prefix>.events.response` says of one answer: who, which model, what it cost."""
+    return {
+        "source": source,
+        "channel": str(room),
+        "user": user,
+        "provider": result.provider,
+        "model": result.model,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cost_usd": cost_usd,
+        "latency_ms": round(result.latency_ms, 1),
+    }
 
 
 class EventClock:
@@ -196,6 +217,7 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         store: StateStore | None = None,
+        quota: UserQuota | None = None,
     ) -> None:
         self.llm = llm
         self.sender = sender
@@ -213,14 +235,25 @@ class Pipeline:
         self.keeper = Keeper(settings, self.context, store)
         """Memories, personas, opt-outs and history (durable when `store` is given)."""
         self.commands = CommandRunner(settings, self.keeper, self.usage)
+        self.ledger = Ledger(settings.usage, settings.llm_providers, store)
+        """The day's spend, reserved before each call and settled after (durable in KV)."""
         self.limiter = RateLimiter(settings.rate_limits, clock=clock)
+        # Wall-clock days; a replay's chat time, so a replay predicts a live run.
+        quota_clock = clock if isinstance(clock, EventClock) else time.time
+        self.quota = quota or UserQuota(
+            settings.user_limits, settings.rate_limits, clock=quota_clock
+        )
+        """Each user's requests and tokens, whatever path they come by (the API's too)."""
         self.spam = SpamGuard(settings.spam, settings.rate_limits.admin_min_rank, clock=clock)
+        self.on_event: Callable[[str, dict[str, Any]], None] | None = None
+        """Where `response`, `error` and `memory` events go (the daemon puts them on the bus)."""
         self.fallbacks = OncePerCooldown(settings.validation.fallback_cooldown_seconds, clock)
         """Who got the fallback line for an LLM outage, and when (see `_say_fallback`)."""
         self.gates: tuple[Gate, ...] = (
             SpamGate(),
             PausedGate(self.paused),
             RateLimitGate(self.limiter),
+            UserQuotaGate(self.quota),
             ReplyLoopGate(self.spam),
             BudgetGate(self.usage),
         )
@@ -264,8 +297,10 @@ class Pipeline:
         self.commands.reconfigure(settings)
         self.context.reconfigure(settings.context)
         self.limiter.reconfigure(settings.rate_limits)
+        self.quota.reconfigure(settings.user_limits, settings.rate_limits)
         self.spam.reconfigure(settings.spam, settings.rate_limits.admin_min_rank)
         self.usage.reconfigure(settings.usage, settings.llm_providers)
+        self.ledger.reconfigure(settings.usage, settings.llm_providers)
         self.fallbacks.cooldown_seconds = settings.validation.fallback_cooldown_seconds
         self._channels = {c.key: c for c in settings.channels}
 
@@ -431,6 +466,18 @@ class Pipeline:
             return None
         spend(self.gates, turn)
         answer = self.commands.run(command, line, channel, rank)
+        if command.name in ("remember", "forget") and answer.outcome == "command":
+            ident = answer.reason.partition(": ")[2]
+            self.emit(
+                "memory",
+                {
+                    "source": "chat",
+                    "action": command.name,
+                    "channel": str(line.key),
+                    "user": line.username,
+                    "id": ident,
+                },
+            )
         log.info(
             "%s %s from %s in %s: %s",
             self.settings.commands.prefix,
@@ -496,6 +543,14 @@ class Pipeline:
         request = prompts.build(job.line.username, job.trigger, job.snapshot, job.memories)
         line = job.line
         first_sent: list[float] = []
+        order = self.llm.order(job.provider)
+        estimate = self.ledger.estimate_usd(request, order[0] if order else None)
+        reservation = await self.ledger.reserve(estimate)
+        if reservation is None:  # replies in flight have reserved the rest of the budget
+            reason = f"the daily budget cannot hold this reply (about ${estimate:.4f})"
+            log.info("holding back the reply to %s: %s", line.username, reason)
+            self._log(job, "budget", reason)
+            return []
 
         async def send(parts: list[str]) -> list[str]:
             sent = await self.sender.send(line, parts, job.correlation_id)
@@ -532,6 +587,22 @@ class Pipeline:
             parts=tuple(outcome.sent),
             cost_usd=cost,
         )
+        if outcome.sent and final != "fallback" and outcome.result is not None:
+            self.emit(
+                "response", response_event("chat", line.key, line.username, outcome.result, cost)
+            )
+        elif final == "llm_failed":
+            self.emit(
+                "error",
+                {
+                    "source": "chat",
+                    "channel": str(line.key),
+                    "user": line.username,
+                    "code": "llm_unavailable",
+                },
+            )
+        # The real cost replaces the reservation (after the record: settling waits on KV).
+        await self.ledger.settle(reservation, cost or 0.0)
         return outcome.sent
 
     async def _say_fallback(self, job: ReplyJob, outcome: ReplyOutcome, send: Send) -> None:
@@ -573,6 +644,8 @@ class Pipeline:
         try:
             cost = self.usage.record(result, job.line.key, job.line.username, request=request)
             usd = cost.usd
+            tokens = cost.prompt_tokens + cost.completion_tokens
+            self.quota.add_tokens(job.line.username, tokens, job.rank)
             self.metrics.tokens(result.provider, result.prompt_tokens, result.completion_tokens)
             self.metrics.cost(cost.usd)
         except Exception as exc:
@@ -692,6 +765,15 @@ class Pipeline:
         """The record's time: the chat's own under an `EventClock` (a replay), so a replayed
         log reads against its transcript; else the wall clock."""
         return self.clock.iso() if isinstance(self.clock, EventClock) else utc_now_iso()
+
+    def emit(self, kind: str, payload: dict[str, Any]) -> None:
+        """An event for other services; a failing sink never breaks a reply."""
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(kind, payload)
+        except Exception:
+            log.exception("publishing a %s event failed", kind)
 
     def log_dropped(self, job: Job) -> None:
         """The reply queue was full: the job is dropped, but never unrecorded."""

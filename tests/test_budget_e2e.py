@@ -14,10 +14,12 @@ from tests.support.fake_llm import FakeLLM
 from tests.support.nats_server import NatsServer
 from tests.support.service import BOT, CHANNEL_A, make_settings, read_records, running_service
 
-# The fake reports 42 prompt + 7 completion tokens per reply: at $1,000,000 per million
-# tokens each way, one reply costs $49. A $200 budget crosses 80% on the 4th reply (196),
-# and 90% and 100% on the 5th (245).
-PRICE = {"input_per_million_usd": 1_000_000.0, "output_per_million_usd": 1_000_000.0}
+# The fake reports 7 completion tokens per reply: at $1,000,000 per million completion
+# tokens (prompts free), one reply costs $7, and with `max_tokens` 7 that is also what each
+# reply reserves (the budget is hard: decide/ledger.py). A $35 budget crosses 80% on the 4th
+# reply (28), and 90% and 100% on the 5th (35); a 6th does not fit.
+PRICE = {"input_per_million_usd": 0.0, "output_per_million_usd": 1_000_000.0}
+REPLY_MAX_TOKENS = 7
 TOPICS = ("kicks", "punches", "villains", "montages", "stunts", "popcorn", "sequels")
 
 
@@ -47,19 +49,17 @@ async def test_budget_thresholds_fire_once_each_then_the_action_applies(
     nc = await collect_budget_events(nats_server.url, events)
     usage: dict[str, Any] = {
         "prices": {"fake-model": PRICE},
-        "daily_budget_usd": 200.0,
+        "daily_budget_usd": 35.0,
         "on_budget_exhausted": action,
     }
-    providers: dict[str, Any] = {}
+    providers: dict[str, Any] = {"fake": {"max_tokens": REPLY_MAX_TOKENS}}
     if action == "cheaper_provider":
         usage["cheaper_provider"] = "cheap"
-        providers = {
-            "cheap": {
-                "type": "openai_compatible",
-                "base_url": fake_llm.base_url,
-                "model": "cheap-model",
-                "priority": 500,
-            }
+        providers["cheap"] = {
+            "type": "openai_compatible",
+            "base_url": fake_llm.base_url,
+            "model": "cheap-model",
+            "priority": 500,
         }
     settings = make_settings(
         nats_server.url,

@@ -43,8 +43,21 @@ ALLOWED: dict[str, frozenset[str]] = {
     "commands": BASE | {"context", "decide", "memory", "state"},
     "pipeline": BASE
     | {"context", "response_log", "decide", "reply", "llm", "ops", "state", "memory", "commands"},
+    "api": BASE
+    | {"context", "decide", "reply", "llm", "ops", "pipeline", "state", "memory", "commands"},
     "daemon": BASE
-    | {"context", "response_log", "decide", "reply", "llm", "ops", "pipeline", "state", "memory"},
+    | {
+        "context",
+        "response_log",
+        "decide",
+        "reply",
+        "llm",
+        "ops",
+        "pipeline",
+        "state",
+        "memory",
+        "api",
+    },
     "tools": BASE
     | {
         "context",
@@ -58,6 +71,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "state",
         "memory",
         "commands",
+        "api",
     },
     "cli": BASE | {"daemon", "tools"},
     "__main__": frozenset({"cli"}),

@@ -29,6 +29,7 @@ import aiohttp
 
 from kryten_llm import __version__
 from kryten_llm._bus import Client, raw_nats, really_connected
+from kryten_llm.api.service import ApiService
 from kryten_llm.config import ChannelSettings, ConfigError, Settings
 from kryten_llm.context import load_current_media
 from kryten_llm.daemon.banner import log_banner
@@ -38,6 +39,7 @@ from kryten_llm.daemon.listener import MessageListener
 from kryten_llm.daemon.reload import load_for_reload
 from kryten_llm.daemon.systemd import SystemdNotifier
 from kryten_llm.decide.budget import BudgetEvent, UsageTracker
+from kryten_llm.decide.quota import UsageEvent, UserQuota
 from kryten_llm.decide.ranks import load_ranks_from_kv
 from kryten_llm.llm.manager import LLMManager
 from kryten_llm.logsetup import KRYTEN_NOISE, apply_level
@@ -45,7 +47,7 @@ from kryten_llm.ops.control import AmbiguousChannel, ControlService, UnknownChan
 from kryten_llm.ops.discovery import Announcer, lifecycle_service_config
 from kryten_llm.ops.health import HealthMonitor
 from kryten_llm.ops.metrics import Metrics, MetricsServer, metrics_summary
-from kryten_llm.pipeline import Job, Pipeline
+from kryten_llm.pipeline import EventClock, Job, Pipeline
 from kryten_llm.redact import redact_value, set_secrets, url_password
 from kryten_llm.reply.sender import ChatSender
 from kryten_llm.response_log import ResponseLog
@@ -73,7 +75,13 @@ def configured_secrets(settings: Settings) -> list[str]:
         secrets += [provider.resolve_api_key(), url_password(provider.base_url)]
         secrets += provider.extra_headers.values()
     secrets += [url_password(url) for url in settings.nats.server_list()]
-    for secret in (settings.nats.password, settings.nats.token, settings.control.token):
+    tokens = (
+        settings.nats.password,
+        settings.nats.token,
+        settings.control.token,
+        settings.api.token,
+    )
+    for secret in tokens:
         if secret is not None:
             secrets.append(secret.get_secret_value())
     return [s for s in secrets if s]
@@ -147,6 +155,7 @@ class LLMService:
         """Each started part's stop, in start order; `stop()` unwinds it."""
         self._exit.push_async_callback(self.notifier.close)  # the very last thing to close
         self.control: ControlService | None = None
+        self.api: ApiService | None = None
         self.metrics_server: MetricsServer | None = None
         self.pipeline_options: dict[str, Any] = {}
         """Test and replay hooks passed to the Pipeline (clock, rng)."""
@@ -184,7 +193,9 @@ class LLMService:
         self.pipeline = self._build_pipeline(settings, self.session, self.store)
         await self.store.start()  # opens the pipeline's buckets; degrades, never raises
         stack.push_async_callback(self.store.close)
+        self.pipeline.on_event = self._publish_event
         await self.pipeline.keeper.start([c.key for c in settings.channels])
+        self.pipeline.usage.restore_global(await self.pipeline.ledger.spent_today())
         stack.push_async_callback(self.pipeline.keeper.close)  # after the workers stop
         await self._load_bridge_state(self.pipeline)
         self._start_workers(settings, self.client, self.pipeline)
@@ -257,6 +268,13 @@ class LLMService:
             settings.usage, settings.llm_providers, on_budget_event=self._on_budget_event
         )
         self.sender = ChatSender(self._send_chat, settings.message_processing, self.dry_run)
+        clock = self.pipeline_options.get("clock")  # a test's chat-time clock, if any
+        quota = UserQuota(
+            settings.user_limits,
+            settings.rate_limits,
+            on_event=self._on_usage_event,
+            clock=clock if isinstance(clock, EventClock) else time.time,
+        )
         return Pipeline(
             settings,
             llm=self.llm,
@@ -266,6 +284,7 @@ class LLMService:
             metrics=self.metrics,
             start_ms=self.start_ms,
             store=store,
+            quota=quota,
             **self.pipeline_options,
         )
 
@@ -351,12 +370,21 @@ class LLMService:
             )
             stack.push_async_callback(self.control.stop)
             await self.control.start()
+        if settings.api.enabled:
+            await self._start_api()
         if settings.metrics.enabled:
             self.metrics_server = MetricsServer(
                 self.metrics, self.monitor, settings.metrics.host, settings.metrics.port
             )
             stack.push_async_callback(self.metrics_server.stop)
             await self.metrics_server.start()
+
+    async def _start_api(self) -> None:
+        """The service API (`api/`), on the control's micro service when there is one."""
+        self.api = ApiService(self.client, self.pipeline, lambda: self.settings.api)
+        self._exit.push_async_callback(self.api.stop)  # before the control service stops
+        micro = self.control.micro if self.control is not None else None
+        await self.api.start(micro, __version__, self.announcer.instance_id)
 
     async def _load_bridge_state(self, pipeline: Pipeline) -> None:
         """What the bridge already knows: ranks (chatMsg has none) and the video playing.
@@ -384,6 +412,27 @@ class LLMService:
         log.warning("budget: %s", event)
         payload = redact_value({"service": SERVICE_NAME, **dict(event)})
         self._track(self.client.publish(BUDGET_SUBJECT, payload))
+
+    def _on_usage_event(self, event: UsageEvent) -> None:
+        """A user's use crossed 80, 90 or 100 % of a limit: on the bus for other services."""
+        log.info(
+            "usage: %s at %d%% of %s (%d/%d)",
+            event.user,
+            event.percent,
+            event.limit,
+            event.used,
+            event.allowed,
+        )
+        subject = f"{self.settings.api.subject_prefix}.events.usage_threshold"
+        payload = redact_value({"service": SERVICE_NAME, **event.to_dict()})
+        self._track(self.client.publish(subject, payload))
+
+    def _publish_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """`<api.subject_prefix>.events.<kind>` (response, error, memory): off the hot path."""
+        subject = f"{self.settings.api.subject_prefix}.events.{kind}"
+        self._track(
+            self.client.publish(subject, redact_value({"service": SERVICE_NAME, **payload}))
+        )
 
     def _track(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -198,6 +198,17 @@ class UsageTracker:
             return f"user {user} daily budget spent"
         return None
 
+    def restore_global(self, usd: float) -> None:
+        """Today's spend as kept durably (`ledger.py`), read at start: a restart resumes it."""
+        self._roll_day()
+        self._global.usd = max(self._global.usd, usd)
+
+    def user_spend(self, user: str) -> float:
+        """What `user` has cost today, in USD (0 when nothing is known)."""
+        self._roll_day()
+        spend = self._users.get(user.lower())
+        return spend.usd if spend is not None else 0.0
+
     def snapshot(self) -> dict[str, object]:
         """Today's spend, for health and status replies."""
         self._roll_day()

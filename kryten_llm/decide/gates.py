@@ -20,6 +20,7 @@ from typing import Protocol
 
 from kryten_llm.decide.budget import UsageTracker
 from kryten_llm.decide.limits import RateLimiter
+from kryten_llm.decide.quota import UserQuota
 from kryten_llm.decide.spam import SpamGuard
 from kryten_llm.types import ChannelKey, HoldOutcome, Turn
 
@@ -115,6 +116,27 @@ class RateLimitGate:
 
     def spend(self, turn: Turn) -> None:
         self.limiter.record(turn)
+
+
+class UserQuotaGate:
+    """The asker's own usage limits (`quota.py`): requests per minute, hour, day; tokens.
+
+    Only for what a user asked for (a mention, a chat command): a trigger word asks nothing,
+    and counting it would use up someone's limit for them.
+    """
+
+    def __init__(self, quota: UserQuota) -> None:
+        self.quota = quota
+
+    def check(self, turn: Turn) -> Hold | None:
+        if turn.trigger.kind not in ("mention", "command"):
+            return None
+        refused = self.quota.refusal(turn.username, turn.rank)
+        return Hold("rate_limited", refused) if refused else None
+
+    def spend(self, turn: Turn) -> None:
+        if turn.trigger.kind in ("mention", "command"):
+            self.quota.take(turn.username, turn.rank)
 
 
 class ReplyLoopGate:

@@ -39,7 +39,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from kryten_llm._bus import raw_nats
+from kryten_llm._bus import flush_subscriptions, raw_nats
 from kryten_llm._throttle import ThrottledCount
 from kryten_llm.config import ConfigError
 from kryten_llm.ops.health import HealthMonitor, StatusSource
@@ -170,6 +170,11 @@ class ControlService:
         return {code: count.total for code, count in self._refusals.items()}
 
     @property
+    def micro(self) -> Service | None:
+        """The micro service, once started: the API adds its endpoints to it."""
+        return self._service
+
+    @property
     def service_id(self) -> str | None:
         """The micro service id (as `nats micro ls` shows it), once started."""
         return self._service.id if self._service is not None else None
@@ -195,7 +200,7 @@ class ControlService:
         ):
             await group.add_endpoint(name=name, handler=self._guarded(name, handler))
         # Once start() returns, the endpoints answer: the server has seen the subscriptions.
-        await raw.flush(timeout=FLUSH_TIMEOUT_SECONDS)
+        await flush_subscriptions(raw, FLUSH_TIMEOUT_SECONDS)
         self._service = service
         log.info("control: micro service %s (id %s) is up", MICRO_SERVICE_NAME, service.id)
 

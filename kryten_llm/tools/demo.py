@@ -309,12 +309,18 @@ def _catch_sigterm(task: asyncio.Task[Any] | None, caught: list[int]) -> Callabl
     return restore
 
 
+async def _wait_forever() -> None:
+    """Until cancelled (Ctrl-C): the demo's bus and bot keep serving meanwhile."""
+    await asyncio.Event().wait()
+
+
 async def run_demo(
     base: Settings,
     log_level: str,
     lines: int = len(SCRIPT),
     out: TextIO = sys.stdout,
     config_path: Path | None = None,
+    stay: bool = False,
 ) -> int:
     """Run the whole demo; the exit status for the CLI (128 + the signal when stopped by one).
 
@@ -326,7 +332,7 @@ async def run_demo(
     restore = _catch_sigterm(asyncio.current_task(), caught)
     transcript = Transcript(out, base.personality.character_name)
     try:
-        return await _demo(base, log_level, lines, transcript, config_path)
+        return await _demo(base, log_level, lines, transcript, config_path, stay)
     except asyncio.CancelledError:
         signum = caught[0] if caught else signal.SIGINT
         transcript.note(f"stopped by {signal.Signals(signum).name}; everything it started is gone")
@@ -345,6 +351,7 @@ async def _demo(
     lines: int,
     transcript: Transcript,
     config_path: Path | None,
+    stay: bool = False,
 ) -> int:
     bot = base.personality.character_name
     model = OFFLINE_MODEL if config_path is not None else choose_model(dict(os.environ))
@@ -375,4 +382,7 @@ async def _demo(
         await nc.subscribe("kryten.robot.command", cb=transcript.on_command)
         await _play_script(nc, transcript, bot, max(1, min(lines, len(SCRIPT))))
         transcript.note(f"done: the bot sent {transcript.replies} chat line(s)")
+        if stay:  # the bus stays up for `nats req` against the API (docs/API.md)
+            transcript.note(f"still serving on {server.url} (the API too); Ctrl-C stops")
+            await _wait_forever()
         return 0 if transcript.replies else 1

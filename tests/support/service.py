@@ -30,6 +30,12 @@ LOOSE_LIMITS: dict[str, Any] = {
     "user_cooldown_seconds": 0,
     "mention_cooldown_seconds": 0,
 }
+LOOSE_USER_LIMITS: dict[str, Any] = {
+    "requests_per_minute": 0,
+    "requests_per_hour": 0,
+    "requests_per_day": 0,
+    "tokens_per_day": 0,
+}
 LOOSE_SPAM: dict[str, Any] = {
     "flood_max_messages": 1000,
     "repeat_max_identical": 100,
@@ -66,6 +72,7 @@ def base_config(nats_url: str, llm_base_url: str) -> dict[str, Any]:
         # Limits and loop guards get their own tests; here they must not get in the way.
         "rate_limits": LOOSE_LIMITS,
         "spam": LOOSE_SPAM,
+        "user_limits": LOOSE_USER_LIMITS,
         "metrics": {"port": 0},  # a free port: services in tests must not clash
         # Durable state is on, as in production, but each test's buckets are its own: the
         # session's server is shared, and one test's memories must not reach another's.
