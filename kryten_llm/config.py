@@ -906,7 +906,9 @@ class UserLimitSettings(Section):
     """
 
     requests_per_minute: Annotated[int, Field(ge=0, le=1_000_000)] = 10
+    """Requests in any 60 seconds."""
     requests_per_hour: Annotated[int, Field(ge=0, le=1_000_000)] = 100
+    """Requests in any hour."""
     requests_per_day: Annotated[int, Field(ge=0, le=10_000_000)] = 500
     """Requests per UTC day."""
     tokens_per_day: Annotated[int, Field(ge=0, le=1_000_000_000)] = 50_000

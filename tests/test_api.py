@@ -19,7 +19,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from kryten_llm.config import build_settings
+from kryten_llm.config import ProviderSettings, build_settings
 from kryten_llm.tools.demo import demo_settings
 from tests.support.bridge import Bridge
 from tests.support.fake_llm import FakeLLM
@@ -376,7 +376,7 @@ DOC_REQUEST = re.compile(r"^nats req (\S+) '(.*)'$", re.MULTILINE)
 
 
 async def test_every_example_in_the_api_doc_works_against_the_demo_settings(
-    nats_server: NatsServer, fake_llm: FakeLLM, nc: NatsClient
+    nats_server: NatsServer, fake_llm: FakeLLM, nc: NatsClient, tmp_path: Path
 ) -> None:
     """docs/API.md's `nats req` lines, sent as written to a service with the demo's channel."""
     fake_llm.reply_with("a fine answer")
@@ -386,7 +386,9 @@ async def test_every_example_in_the_api_doc_works_against_the_demo_settings(
         "model": "fake-model",
         "api_key": "sk-demo",
     }
-    config = demo_settings(build_settings({}, "test"), nats_server.url, provider)
+    base = build_settings({}, "test")
+    providers = {name: ProviderSettings(**provider) for name in base.llm_providers}
+    config = demo_settings(base, nats_server.url, providers, tmp_path)
     state = config.state.model_copy(update={"bucket_prefix": f"t{uuid.uuid4().hex[:12]}_"})
     config = config.model_copy(update={"state": state})
     examples = DOC_REQUEST.findall((ROOT / "docs" / "API.md").read_text(encoding="utf-8"))
