@@ -1016,7 +1016,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-ALL_MEASUREMENTS = frozenset({"startup", "overhead", "throughput", "concurrent", "memory"})
+ALL_MEASUREMENTS = frozenset({"startup", "overhead", "throughput", "concurrent", "memory", "api"})
 
 
 def standard_run(args: argparse.Namespace) -> bool:
