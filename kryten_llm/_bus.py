@@ -15,6 +15,7 @@ leaves it out and is otherwise kryten-py's own client.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from kryten import KrytenClient
@@ -52,3 +53,11 @@ async def flush_subscriptions(connection: NatsClient, timeout_seconds: int) -> N
     await asyncio.sleep(0)
     await connection.flush(timeout=timeout_seconds)
     await connection.flush(timeout=timeout_seconds)
+
+
+async def stop_micro_service(service: Any, owner: str) -> None:
+    """Stop a nats micro service at shutdown, quietly: the connection may already be gone."""
+    try:
+        await service.stop()
+    except Exception as exc:
+        logging.getLogger(owner).debug("stopping the micro service failed: %s", exc)

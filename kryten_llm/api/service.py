@@ -28,7 +28,7 @@ from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service
 from pydantic import ValidationError
 
-from kryten_llm._bus import flush_subscriptions, raw_nats
+from kryten_llm._bus import flush_subscriptions, raw_nats, stop_micro_service
 from kryten_llm._throttle import ThrottledCount
 from kryten_llm.api.models import (
     ENDPOINTS,
@@ -256,10 +256,7 @@ class ApiService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._own_service is not None:
             service, self._own_service = self._own_service, None
-            try:
-                await service.stop()
-            except Exception as exc:  # the connection may already be gone at shutdown
-                log.debug("api: stopping the micro service failed: %s", exc)
+            await stop_micro_service(service, __name__)
 
     # --- plumbing ----------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from kryten_llm._bus import flush_subscriptions, raw_nats
+from kryten_llm._bus import flush_subscriptions, raw_nats, stop_micro_service
 from kryten_llm._throttle import ThrottledCount
 from kryten_llm.config import ConfigError
 from kryten_llm.ops.health import HealthMonitor, StatusSource
@@ -208,10 +208,7 @@ class ControlService:
         """Leave `nats micro ls`; call before the client disconnects."""
         if self._service is not None:
             service, self._service = self._service, None
-            try:
-                await service.stop()
-            except Exception as exc:  # the connection may already be gone at shutdown
-                log.debug("control: stopping the micro service failed: %s", exc)
+            await stop_micro_service(service, __name__)
 
     # --- plumbing ---
 
