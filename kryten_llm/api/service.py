@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -59,6 +59,7 @@ from kryten_llm.api.models import (
 from kryten_llm.commands import MAX_IMPORTANCE_FOR_USERS
 from kryten_llm.config import DEFAULT_PERSONA, ApiSettings, ChannelSettings
 from kryten_llm.decide.gates import Hold, consult, spend
+from kryten_llm.decide.limits import BoundedStateMap
 from kryten_llm.llm.manager import LLMUnavailable
 from kryten_llm.memory.notes import Note
 from kryten_llm.ops.control import MICRO_SERVICE_NAME, micro_version
@@ -167,17 +168,16 @@ class CallerLimit:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+        self._seen: BoundedStateMap[str, deque[float]] = BoundedStateMap(
+            CALLERS_TRACKED_MAX, lambda times, now: not times
+        )
 
     def take(self, caller: str, per_minute: int) -> bool:
         """Count one request; False (not counted) when the caller is at its limit."""
         if per_minute <= 0:
             return True
         now = self._clock()
-        times = self._seen.pop(caller, None) or deque()
-        self._seen[caller] = times
-        while len(self._seen) > CALLERS_TRACKED_MAX:
-            self._seen.popitem(last=False)
+        times = self._seen.touch(caller, deque)
         while times and now - times[0] >= CALLER_WINDOW_SECONDS:
             times.popleft()
         if len(times) >= per_minute:

@@ -16,11 +16,12 @@ recently active go first), each with at most one hour of request times.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kryten_llm.config import RateLimitSettings, UserLimitSettings
+from kryten_llm.decide.limits import BoundedStateMap
 
 THRESHOLDS_PERCENT = (80, 90, 100)
 MINUTE_SECONDS = 60.0
@@ -74,12 +75,15 @@ class UserQuota:
         self.ranks = ranks
         self.on_event = on_event
         self._clock = clock
-        self._users: OrderedDict[str, _User] = OrderedDict()
+        self._users: BoundedStateMap[str, _User] = BoundedStateMap(
+            settings.max_tracked_users, lambda entry, now: False
+        )
+        """Most recently active last; the cap evicts the least recently active (nothing
+        expires by itself: an entry's old times and past days are dropped when it is read)."""
 
     def reconfigure(self, settings: UserLimitSettings, ranks: RateLimitSettings) -> None:
         self.settings, self.ranks = settings, ranks
-        while len(self._users) > settings.max_tracked_users:
-            self._users.popitem(last=False)
+        self._users.set_max_entries(settings.max_tracked_users)
 
     def limits(self, rank: float) -> dict[str, int]:
         """Each limit for a user of this rank (0: off)."""
@@ -150,16 +154,9 @@ class UserQuota:
     def _fresh(self, user: str, touch: bool) -> _User | None:
         """The user's entry with old request times dropped and a new day reset."""
         key = user.lower()
-        entry = self._users.get(key)
-        if entry is None and not touch:
-            return None
+        entry = self._users.touch(key, _User) if touch else self._users.get(key)
         if entry is None:
-            entry = _User()
-        if touch:
-            self._users.pop(key, None)
-            self._users[key] = entry  # most recently active last
-            while len(self._users) > self.settings.max_tracked_users:
-                self._users.popitem(last=False)
+            return None
         now = self._clock()
         while entry.times and now - entry.times[0] >= HOUR_SECONDS:
             entry.times.popleft()
